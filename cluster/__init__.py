@@ -1,0 +1,1 @@
+"""Distributed execution: Ray suite executor, Ray-sharded gradient engine, DeepSpeed engine."""

@@ -1,0 +1,1 @@
+"""Multi-task datasets, one module each, registered by name (see ``harness.registry``)."""

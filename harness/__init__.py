@@ -1,0 +1,1 @@
+"""mtlbench's harness: suite config, registries, budget, gradient engines, trainer, records."""

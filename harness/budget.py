@@ -1,0 +1,81 @@
+"""The compute budget of one run: every pass a gradient engine makes is charged here.
+
+A budget is counted in FLOPs (``kind="flops"``) or wall seconds (``kind="seconds"``). FLOPs are
+always tallied, whatever the kind, so a seconds-budgeted run still records its compute. A charge
+that would overspend raises :class:`BudgetExhausted` *before* the pass runs: the spend never
+exceeds the limit, and the trainer turns the exception into a clean end of training.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Literal
+
+BudgetKind = Literal["flops", "seconds"]
+
+
+class BudgetExhausted(Exception):
+    """Raised by :meth:`Budget.charge` when the next pass would exceed the budget."""
+
+
+@dataclass
+class Budget:
+    """kind: unit of ``limit``; limit: FLOPs or seconds (> 0)."""
+
+    kind: BudgetKind
+    limit: float
+    spent_flops: float = 0.0
+    flops_by_pass: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    passes_by_kind: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    started_at: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        if not self.limit > 0:
+            raise ValueError(f"budget limit must be > 0, got {self.limit}")
+
+    def restart_clock(self) -> None:
+        """Start counting seconds now (call after set-up, before the first step)."""
+        self.started_at = time.perf_counter()
+
+    @property
+    def elapsed_seconds(self) -> float:
+        return time.perf_counter() - self.started_at
+
+    def charge(self, kind: str, flops: float, passes: int = 1) -> None:
+        """Charge ``flops`` for ``passes`` passes of ``kind`` (e.g. "encoder_backward").
+
+        Raises BudgetExhausted (and charges nothing) if the budget cannot cover it.
+        """
+        if self.kind == "flops" and self.spent_flops + flops > self.limit:
+            raise BudgetExhausted(f"{kind} needs {flops:.3g} FLOPs, {self.remaining:.3g} left")
+        if self.kind == "seconds" and self.elapsed_seconds > self.limit:
+            raise BudgetExhausted(f"{self.elapsed_seconds:.1f} s spent of {self.limit:.1f} s")
+        self.spent_flops += flops
+        self.flops_by_pass[kind] += flops
+        self.passes_by_kind[kind] += passes
+
+    @property
+    def spent(self) -> float:
+        """Spend in the budget's own unit."""
+        return self.spent_flops if self.kind == "flops" else self.elapsed_seconds
+
+    @property
+    def remaining(self) -> float:
+        return max(self.limit - self.spent, 0.0)
+
+    @property
+    def fraction_spent(self) -> float:
+        return min(self.spent / self.limit, 1.0)
+
+    def summary(self) -> dict[str, float]:
+        """Flat record of the spend: totals and FLOPs per pass kind."""
+        record = {
+            "budget_spent": self.spent,
+            "budget_spent_flops": self.spent_flops,
+            "budget_fraction_spent": self.fraction_spent,
+        }
+        for kind, flops in sorted(self.flops_by_pass.items()):
+            record[f"flops_{kind}"] = flops
+        return record

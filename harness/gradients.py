@@ -1,0 +1,336 @@
+"""Gradient engines: the only code that runs backward passes for a method.
+
+A method never calls ``backward()`` itself; it asks its engine, so that (1) the budget is
+charged for every pass actually made and (2) the way per-task gradients are obtained can be
+swapped (a loop of T backward passes, one batched vector-Jacobian product, actors on other
+devices, DeepSpeed) without touching the method.
+
+Every engine splits the model at its representation ``z = encoder(x)``: the heads read a leaf
+copy of ``z`` (``StepState.detached``), so gradients with respect to ``z`` (MGDA-UB) cost only
+head work, and any combination of per-task ``z``-gradients can be pushed through the encoder with
+one encoder backward.
+
+Shapes: T tasks, B samples, P shared (encoder) parameters; ``z`` keeps its own shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtlbench.harness.budget import Budget
+from mtlbench.harness.costs import PassCosts
+from mtlbench.harness.model import MultiTaskModel
+from mtlbench.harness.tasks import Outputs, TaskSet
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class StepState:
+    """What one forward pass leaves for the method's gradient requests.
+
+    representation: z with its graph to the shared parameters.
+    detached: a leaf copy of z that the heads consumed (requires grad).
+    task_losses: (T,) mean loss per task, graph through the heads to ``detached``.
+    representation_grads: (T, *z.shape) per-task dL_t/dz once computed (cached).
+    shared_jacobian: (T, P) per-task dL_t/d(shared) once computed (cached).
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    representation: Tensor
+    detached: Tensor
+    outputs: Outputs
+    task_losses: Tensor
+    representation_grads: Tensor | None = None
+    shared_jacobian: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+def flatten_gradients(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:
+    """Concatenate per-parameter gradients (None -> zeros) into one vector (P,)."""
+    return torch.cat(
+        [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
+    )
+
+
+def accumulate_flat(params: Sequence[nn.Parameter], flat: Tensor) -> None:
+    """Add a flat vector (P,) into ``p.grad`` of ``params`` (in order)."""
+    offset = 0
+    for p in params:
+        piece = flat[offset : offset + p.numel()].view_as(p)
+        p.grad = piece.clone() if p.grad is None else p.grad.add_(piece)
+        offset += p.numel()
+
+
+def _accumulate(params: Sequence[nn.Parameter], grads: Sequence[Tensor | None]) -> None:
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        p.grad = g.detach().clone() if p.grad is None else p.grad.add_(g)
+
+
+class GradientEngine:
+    """The reference engine (``loop``): per-task gradients by T separate backward passes.
+
+    Subclasses override how the per-task quantities are computed (:meth:`_representation_grads`,
+    :meth:`_shared_jacobian`); charging and caching live here.
+    """
+
+    name: ClassVar[str] = "loop"
+
+    def __init__(self, model: MultiTaskModel, taskset: TaskSet, budget: Budget, calibration: Batch):
+        self.model = model
+        self.taskset = taskset
+        self.budget = budget
+        self.costs = PassCosts()
+        self.num_tasks = len(taskset)
+        self._calibrate(calibration)
+
+    # ---- parameters -------------------------------------------------------------------------
+    @property
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return self.model.shared_parameters()
+
+    @property
+    def task_parameters(self) -> list[nn.Parameter]:
+        return self.model.task_parameters()
+
+    @property
+    def num_shared(self) -> int:
+        return sum(p.numel() for p in self.shared_parameters)
+
+    # ---- cost calibration -------------------------------------------------------------------
+    def _calibrate(self, batch: Batch) -> None:
+        """Measure the FLOPs per sample of each pass kind on a few samples of ``batch``.
+
+        Runs under a forked RNG with the model's buffers restored afterwards, so calibration
+        leaves no trace in the run (dropout draws, BatchNorm running statistics).
+        """
+        inputs, targets = batch
+        size = min(int(inputs.shape[0]), 8)
+        inputs, targets = inputs[:size], targets[:size]
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+        shared, heads = self.shared_parameters, self.task_parameters
+        with torch.random.fork_rng(devices=[]):
+            holder: dict[str, Tensor] = {}
+
+            def encoder_forward() -> None:
+                holder["z"] = self.model.encoder(inputs)
+
+            self.costs.measure("encoder_forward", encoder_forward, size)
+            z = holder["z"]
+            detached = z.detach().requires_grad_(True)
+
+            def heads_forward() -> None:
+                holder["loss"] = self.taskset.losses(self.model.heads(detached), targets).sum()
+
+            self.costs.measure("heads_forward", heads_forward, size)
+            loss = holder["loss"]
+            self.costs.measure(
+                "heads_backward",
+                lambda: torch.autograd.grad(loss, [*heads, detached], retain_graph=True),
+                size,
+            )
+            self.costs.measure(
+                "heads_backward_params",
+                lambda: torch.autograd.grad(loss, heads, retain_graph=True),
+                size,
+            )
+            self.costs.measure(
+                "heads_backward_input",
+                lambda: torch.autograd.grad(loss, [detached], retain_graph=True),
+                size,
+            )
+            upstream = torch.ones_like(z)
+            self.costs.measure(
+                "encoder_backward",
+                lambda: torch.autograd.grad(z, shared, upstream, allow_unused=True),
+                size,
+            )
+        with torch.no_grad():
+            for name, buffer in self.model.named_buffers():
+                buffer.copy_(buffers[name])
+
+    def charge(self, kind: str, batch_size: int, passes: int = 1) -> None:
+        """Charge ``passes`` passes of a calibrated kind over ``batch_size`` samples."""
+        self.budget.charge(kind, self.costs.flops(kind, batch_size, passes), passes)
+
+    # ---- the interface methods use ----------------------------------------------------------
+    def forward(self, batch: Batch) -> StepState:
+        """Encoder forward (graph kept) and heads forward on a leaf copy of z."""
+        inputs, targets = batch
+        size = int(inputs.shape[0])
+        self.charge("encoder_forward", size)
+        self.charge("heads_forward", size)
+        representation = self.model.encoder(inputs)
+        detached = representation.detach().requires_grad_(True)
+        outputs = self.model.heads(detached)
+        task_losses = self.taskset.losses(outputs, targets)
+        return StepState(inputs, targets, representation, detached, outputs, task_losses)
+
+    def backward(self, state: StepState, weights: Tensor, head_weights: Tensor | None = None) -> None:
+        """Accumulate the gradient of sum_t w_t L_t into every parameter's ``.grad``.
+
+        weights: (T,) task weights for the shared parameters. head_weights: (T,) weights for the
+        heads (default: ``weights``); MGDA uses ones, so each head gets its own task's gradient.
+        Ends the step's encoder graph.
+        """
+        weights = weights.to(state.task_losses)
+        same = head_weights is None
+        head_weights = weights if same else head_weights.to(state.task_losses)
+        heads = self.task_parameters
+        if state.representation_grads is not None:
+            z_grad = torch.einsum("t,t...->...", weights, state.representation_grads)
+            self._heads_param_backward(state, head_weights)
+        elif same:
+            self.charge("heads_backward", state.batch_size)
+            grads = torch.autograd.grad(
+                (weights * state.task_losses).sum(), [*heads, state.detached], retain_graph=True
+            )
+            _accumulate(heads, grads[:-1])
+            z_grad = grads[-1]
+        else:
+            self._heads_param_backward(state, head_weights)
+            z_grad = self._representation_gradient(state, weights)
+        self.charge("encoder_backward", state.batch_size)
+        shared = self.shared_parameters
+        grads = torch.autograd.grad(state.representation, shared, z_grad, allow_unused=True)
+        _accumulate(shared, grads)
+
+    def apply_shared_direction(
+        self, state: StepState, direction: Tensor, head_weights: Tensor
+    ) -> None:
+        """Use a precomputed shared-parameter direction (P,) instead of an encoder backward.
+
+        When the Jacobian is already in hand (exact MGDA), sum_t a_t g_t is formed from it and
+        written to the shared ``.grad``; only the cheap heads backward runs.
+        """
+        accumulate_flat(self.shared_parameters, direction)
+        self._heads_param_backward(state, head_weights.to(state.task_losses))
+
+    def shared_gradient(self, state: StepState, weights: Tensor) -> Tensor:
+        """Gradient (P,) of sum_t w_t L_t w.r.t. the shared parameters, ``.grad`` untouched.
+
+        Costs one heads backward (input) and one encoder backward, whatever T is.
+        """
+        z_grad = self._representation_gradient(state, weights.to(state.task_losses))
+        self.charge("encoder_backward", state.batch_size)
+        shared = self.shared_parameters
+        grads = torch.autograd.grad(
+            state.representation, shared, z_grad, retain_graph=True, allow_unused=True
+        )
+        return flatten_gradients(grads, shared)
+
+    def representation_gradients(self, state: StepState) -> Tensor:
+        """Per-task gradients of the losses w.r.t. z: (T, *z.shape). Cached on the state."""
+        if state.representation_grads is None:
+            self.charge("heads_backward_input", state.batch_size, passes=self.num_tasks)
+            state.representation_grads = self._representation_grads(state)
+        return state.representation_grads
+
+    def shared_jacobian(self, state: StepState) -> Tensor:
+        """Per-task gradients of the shared parameters: (T, P). Cached on the state."""
+        if state.shared_jacobian is None:
+            z_grads = self.representation_gradients(state)
+            self.charge("encoder_backward", state.batch_size, passes=self.num_tasks)
+            state.shared_jacobian = self._shared_jacobian(state, z_grads)
+        return state.shared_jacobian
+
+    # ---- what subclasses change -------------------------------------------------------------
+    def _representation_grads(self, state: StepState) -> Tensor:
+        rows = [
+            torch.autograd.grad(state.task_losses[t], state.detached, retain_graph=True)[0]
+            for t in range(self.num_tasks)
+        ]
+        return torch.stack(rows)
+
+    def _shared_jacobian(self, state: StepState, z_grads: Tensor) -> Tensor:
+        shared = self.shared_parameters
+        rows = []
+        for t in range(self.num_tasks):
+            grads = torch.autograd.grad(
+                state.representation, shared, z_grads[t], retain_graph=True, allow_unused=True
+            )
+            rows.append(flatten_gradients(grads, shared))
+        return torch.stack(rows)
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _heads_param_backward(self, state: StepState, head_weights: Tensor) -> None:
+        self.charge("heads_backward_params", state.batch_size)
+        heads = self.task_parameters
+        grads = torch.autograd.grad(
+            (head_weights * state.task_losses).sum(), heads, retain_graph=True, allow_unused=True
+        )
+        _accumulate(heads, grads)
+
+    def _representation_gradient(self, state: StepState, weights: Tensor) -> Tensor:
+        if state.representation_grads is not None:
+            return torch.einsum("t,t...->...", weights, state.representation_grads)
+        self.charge("heads_backward_input", state.batch_size)
+        return torch.autograd.grad(
+            (weights * state.task_losses).sum(), state.detached, retain_graph=True
+        )[0]
+
+
+class BatchedEngine(GradientEngine):
+    """Per-task gradients as one batched vector-Jacobian product (``is_grads_batched``).
+
+    chunk_size: tasks per batched VJP (bounds memory: each chunk holds chunk × activations).
+    Same FLOPs as the loop, far fewer kernel launches and Python round trips.
+    """
+
+    name: ClassVar[str] = "batched"
+    chunk_size: int = 64
+
+    def _representation_grads(self, state: StepState) -> Tensor:
+        eye = torch.eye(self.num_tasks, dtype=state.task_losses.dtype, device=state.task_losses.device)
+        chunks = [
+            torch.autograd.grad(
+                state.task_losses, state.detached, rows, retain_graph=True, is_grads_batched=True
+            )[0]
+            for rows in eye.split(self.chunk_size)
+        ]
+        return torch.cat(chunks)
+
+    def _shared_jacobian(self, state: StepState, z_grads: Tensor) -> Tensor:
+        shared = self.shared_parameters
+        chunks = []
+        for rows in z_grads.split(self.chunk_size):
+            grads = torch.autograd.grad(
+                state.representation,
+                shared,
+                rows,
+                retain_graph=True,
+                is_grads_batched=True,
+                allow_unused=True,
+            )
+            chunks.append(
+                torch.cat(
+                    [
+                        (g if g is not None else rows.new_zeros(rows.shape[0], *p.shape)).flatten(1)
+                        for g, p in zip(grads, shared)
+                    ],
+                    dim=1,
+                )
+            )
+        return torch.cat(chunks)
+
+
+EngineFactory = Callable[[MultiTaskModel, TaskSet, Budget, Batch], GradientEngine]
+ENGINES: dict[str, EngineFactory] = {
+    GradientEngine.name: GradientEngine,
+    BatchedEngine.name: BatchedEngine,
+}
+
+
+def register_engine(name: str, factory: EngineFactory) -> None:
+    """Make an engine selectable by name in suites (Ray-sharded and DeepSpeed engines do this)."""
+    ENGINES[name] = factory

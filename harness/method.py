@@ -1,0 +1,124 @@
+"""The method contract: a training algorithm that plugs into the trainer.
+
+A method owns the module it trains (``self.model``, which it may wrap, e.g. PML's ensemble) and
+its optimizer; the trainer owns data, budget, evaluation and records. ``step`` asks the gradient
+engine for every gradient, so the budget sees every pass.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from mtlbench.harness.gradients import Batch, GradientEngine
+from mtlbench.harness.model import MultiTaskModel
+from mtlbench.harness.tasks import TaskSet
+
+StepLog = dict[str, Tensor]
+
+
+class MethodParams(BaseModel):
+    """Base of every method's typed parameters; unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainingConfig(BaseModel):
+    """Optimisation settings shared by every method of a suite (one fair protocol).
+
+    batch_size: samples per step. lr: learning rate. optimizer: ``adam`` | ``sgd``.
+    max_steps: hard cap on steps (the budget normally ends training first).
+    log_every: steps between recorded training metrics (and divergence checks).
+    eval_every: steps between validation evaluations (used by ``scoring: best_val``).
+    checkpoint_every: steps between checkpoints on disk (0 = none).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(128, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_steps: int = Field(100_000, gt=0)
+    log_every: int = Field(10, gt=0)
+    eval_every: int = Field(100, gt=0)
+    checkpoint_every: int = Field(0, ge=0)
+
+
+def make_optimizer(params: Any, training: TrainingConfig) -> torch.optim.Optimizer:
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
+        )
+    return torch.optim.Adam(params, lr=training.lr, weight_decay=training.weight_decay)
+
+
+@dataclass
+class Solution:
+    """One parameter set to evaluate.
+
+    label: stable name within the run (e.g. ``"model"``, ``"alpha=0.30,0.70"``).
+    model: maps inputs to outputs like a MultiTaskModel; evaluated in eval mode, no grad.
+    coordinates: the preference or simplex point that produced it, if any (length T).
+    """
+
+    label: str
+    model: nn.Module
+    coordinates: tuple[float, ...] | None = None
+
+
+class Method(ABC):
+    """Base class. Subclasses set ``Params`` and implement ``step``.
+
+    Class attributes: ``Params`` (pydantic model of the method's parameters), ``default_engine``
+    (engine name used when the suite names none), ``produces_weights`` (whether ``step`` logs a
+    ``"weights"`` entry on the simplex; the shared property tests check it).
+    """
+
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    default_engine: ClassVar[str] = "loop"
+    produces_weights: ClassVar[bool] = False
+    registry_name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        params: MethodParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ):
+        self.params = params
+        self.model = model
+        self.taskset = taskset
+        self.training = training
+        self.optimizer = make_optimizer(self.model.parameters(), training)
+
+    @classmethod
+    def check(cls, params: MethodParams, taskset: TaskSet) -> None:
+        """Raise ValueError if ``params`` cannot work with these tasks (called at suite load)."""
+
+    @classmethod
+    def expand(cls, params: MethodParams, taskset: TaskSet) -> list[MethodParams]:
+        """The runs one suite entry stands for (``single_task`` expands to one per task)."""
+        return [params]
+
+    @abstractmethod
+    def step(self, batch: Batch, engine: GradientEngine) -> StepLog:
+        """Advance training by one step; return tensors to log (no host sync required)."""
+
+    def solutions(self) -> Iterator[Solution]:
+        """The parameter sets to evaluate; evaluated one at a time, in order."""
+        yield Solution("model", self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])

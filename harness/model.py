@@ -1,0 +1,79 @@
+"""The model contract: a shared encoder followed by task heads.
+
+Every dataset's default model is a :class:`MultiTaskModel`. The split at the representation
+``z = encoder(x)`` is what the gradient engines use: shared parameters are the encoder's, task
+parameters the heads'; MGDA-UB differentiates with respect to ``z``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtlbench.harness.tasks import Outputs
+
+
+class MultiTaskModel(nn.Module):
+    """``encoder: x (B, ...) -> z (B, ...)``; ``heads: z -> outputs`` ((B, T, C) or T tensors)."""
+
+    def __init__(self, encoder: nn.Module, heads: nn.Module, num_tasks: int):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = heads
+        self.num_tasks = num_tasks
+
+    def forward(self, x: Tensor) -> Outputs:
+        return self.heads(self.encoder(x))
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def task_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.heads.parameters() if p.requires_grad]
+
+
+class StackedMLPHeads(nn.Module):
+    """T equal MLP heads held as stacked weights, run as batched matrix products.
+
+    One head is ``Linear(in, hidden) -> ReLU -> Linear(hidden, out)`` (or a single
+    ``Linear(in, out)`` when ``hidden`` is None); the T heads' weights are stacked on a leading
+    axis so all heads cost one ``einsum`` per layer instead of T small kernels. Initialised as
+    ``nn.Linear`` would be. z: (B, in) -> (B, T, out).
+    """
+
+    def __init__(self, num_tasks: int, in_features: int, out_features: int, hidden: int | None):
+        super().__init__()
+        widths = [in_features] + ([hidden] if hidden else []) + [out_features]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            bound = 1.0 / math.sqrt(fan_in)
+            weight = torch.empty(num_tasks, fan_in, fan_out).uniform_(-bound, bound)
+            bias = torch.empty(num_tasks, fan_out).uniform_(-bound, bound)
+            self.weights.append(nn.Parameter(weight))
+            self.biases.append(nn.Parameter(bias))
+
+    def forward(self, z: Tensor) -> Tensor:
+        hidden = torch.einsum("bi,tio->bto", z.flatten(1), self.weights[0]) + self.biases[0]
+        for weight, bias in zip(list(self.weights)[1:], list(self.biases)[1:]):
+            hidden = torch.relu(hidden)
+            hidden = torch.einsum("bti,tio->bto", hidden, weight) + bias
+        return hidden
+
+
+class SeparateHeads(nn.Module):
+    """Heads of different shapes (e.g. a regression and two classifications): T modules."""
+
+    def __init__(self, heads: Sequence[nn.Module]):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, z: Tensor) -> list[Tensor]:
+        return [head(z) for head in self.heads]
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
