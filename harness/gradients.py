@@ -331,6 +331,28 @@ ENGINES: dict[str, EngineFactory] = {
 }
 
 
+# Engines whose modules need optional or heavy dependencies: imported on first use.
+LAZY_ENGINES: dict[str, str] = {
+    "ray_sharded": "mtlbench.cluster.sharded",
+    "deepspeed": "mtlbench.cluster.deepspeed_engine",
+}
+
+
 def register_engine(name: str, factory: EngineFactory) -> None:
     """Make an engine selectable by name in suites (Ray-sharded and DeepSpeed engines do this)."""
     ENGINES[name] = factory
+
+
+def engine_names() -> list[str]:
+    return sorted({*ENGINES, *LAZY_ENGINES})
+
+
+def get_engine(name: str) -> EngineFactory:
+    """The engine factory registered under ``name`` (importing its module if needed)."""
+    if name not in ENGINES and name in LAZY_ENGINES:
+        import importlib
+
+        importlib.import_module(LAZY_ENGINES[name])
+    if name not in ENGINES:
+        raise KeyError(f"unknown engine {name!r} (known: {', '.join(engine_names())})")
+    return ENGINES[name]

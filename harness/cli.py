@@ -1,0 +1,117 @@
+"""The ``mtlbench`` command: run a suite, list what is registered, build the leaderboard.
+
+Every user error (bad suite, unknown name, unwritable output, bad dataset files) ends with one
+line on stderr naming the field or file and the problem, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mtlbench.harness.config import ConfigError, load_suite
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+USER_ERRORS = (ConfigError,)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"mtlbench: error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    suite_path: Path = typer.Argument(..., metavar="SUITE", help="suite YAML file"),
+    results_dir: Optional[Path] = typer.Option(None, help="override output.results_dir"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite under results)"),
+    executor: Optional[str] = typer.Option(None, help="override executor.kind: local | ray"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray)"),
+    leaderboard: bool = typer.Option(True, help="rebuild the leaderboard afterwards"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+) -> None:
+    """Run every (method, dataset, seed) of SUITE not already recorded."""
+    from mtlbench.harness.dataset import DatasetFileError
+    from mtlbench.harness.leaderboard import build_leaderboard
+    from mtlbench.harness.runner import run_suite
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        suite = load_suite(suite_path)
+        if address:
+            suite = suite.model_copy(update={"executor": suite.executor.model_copy(update={"address": address})})
+        summary = run_suite(suite, results_dir, tracking_uri, executor, console, progress)
+        failures = [r for r in summary.recorded if r.status == "failed"]
+        if failures and len(failures) == len(summary.recorded):
+            first = failures[0].error.splitlines()[0] if failures[0].error else "failed"
+            if first.startswith("DatasetFileError"):
+                _fail(first.split(": ", 1)[1])
+        target = Path(results_dir or suite.output.results_dir)
+        if leaderboard:
+            page = build_leaderboard(target)
+            console.print(f"leaderboard: {page}")
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())) or "nothing new"
+        console.print(f"done: {counts}; {summary.skipped} skipped (already recorded)")
+    except (ConfigError, DatasetFileError) as error:
+        _fail(str(error))
+
+
+@app.command()
+def leaderboard(
+    results_dir: Path = typer.Option(Path("results"), help="folder holding runs/ (Parquet)"),
+) -> None:
+    """Build results/leaderboard/index.md and index.html from the Parquet table."""
+    from mtlbench.harness.leaderboard import build_leaderboard
+
+    if not (results_dir / "runs").is_dir():
+        _fail(f"{results_dir / 'runs'}: no recorded runs there (run a suite first)")
+    typer.echo(str(build_leaderboard(results_dir)))
+
+
+@app.command()
+def info() -> None:
+    """List registered methods, datasets (tasks, default model size) and gradient engines."""
+    from mtlbench.harness.gradients import engine_names
+    from mtlbench.harness.model import count_parameters
+    from mtlbench.harness.registry import DATASETS, METHODS
+
+    out = Console()
+    methods = Table(title="methods")
+    methods.add_column("name")
+    methods.add_column("default engine")
+    methods.add_column("parameters")
+    methods.add_column("description")
+    for name, cls in METHODS.items():
+        fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.Params.model_fields.items())
+        summary = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        methods.add_row(name, cls.default_engine, fields, summary)
+    out.print(methods)
+    datasets = Table(title="datasets")
+    for column in ("name", "tasks", "default model", "parameters (shared / heads)"):
+        datasets.add_column(column)
+    for name, cls in DATASETS.items():
+        params = cls.Params()
+        tasks = ", ".join(f"{t.name} ({t.kind})" for t in cls.taskset(params))
+        try:
+            model = cls(params).build_model()
+            size = f"{count_parameters(model.encoder):,} / {count_parameters(model.heads):,}"
+        except Exception as error:  # noqa: BLE001 - info must list every dataset
+            size = f"(unavailable: {error})"
+        datasets.add_row(name, tasks, cls.model_description, size)
+    out.print(datasets)
+    out.print("engines: " + ", ".join(engine_names()))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Run a suite: expand it, skip what is already recorded, execute the rest, record each result.
+
+The driver is the only writer of records: an executor (local, in this process; Ray, elsewhere)
+yields :class:`RunResult` objects and the driver turns each into Parquet rows and an MLflow run
+as soon as it arrives, so a suite killed half-way keeps every finished run and a rerun does only
+the missing ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mtlbench.harness.config import ConfigError, SuiteConfig
+from mtlbench.harness.metrics import delta_m_percent
+from mtlbench.harness.store import ResultStore, baseline_for
+from mtlbench.harness.suite import RunSpec, expand_suite
+from mtlbench.harness.trainer import RunResult, train_run
+
+StartCallback = Callable[[RunSpec], None]
+Executor = Callable[[list[RunSpec], StartCallback, Progress | None, Path], Iterator[RunResult]]
+
+
+@dataclass
+class SuiteSummary:
+    planned: int
+    skipped: int
+    recorded: list[RunResult] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for result in self.recorded:
+            counts[result.status] = counts.get(result.status, 0) + 1
+        return counts
+
+
+def ensure_writable(results_dir: Path) -> None:
+    """Create ``results_dir`` and prove it writable, or raise ConfigError naming it."""
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        probe = results_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ConfigError(f"output.results_dir: cannot write to {results_dir}: {reason}") from None
+
+
+def execute_local(
+    specs: list[RunSpec], on_start: StartCallback, progress: Progress | None, results_dir: Path
+) -> Iterator[RunResult]:
+    """Run each spec in this process, one after another."""
+    for spec in specs:
+        on_start(spec)
+        task = progress.add_task(f"  {spec.title}", total=1.0) if progress else None
+
+        def report(fraction: float, step: int, task=task) -> None:
+            if progress is not None and task is not None:
+                progress.update(task, completed=fraction, description=f"  {spec.title} step {step}")
+
+        yield train_run(spec, results_dir / "checkpoints" / spec.run_hash, report)
+        if progress is not None and task is not None:
+            progress.remove_task(task)
+
+
+def result_rows(result: RunResult, mlflow_run_id: str, previous_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Parquet rows of one run: one per solution (one placeholder row if none was scored)."""
+    spec = result.spec
+    hv = result.hypervolume
+    base: dict[str, Any] = {
+        "run_hash": spec.run_hash,
+        "suite": spec.suite,
+        "method": spec.method,
+        "method_label": spec.method_label,
+        "method_params": json.dumps(spec.method_params, sort_keys=True),
+        "engine": spec.engine,
+        "dataset": spec.dataset,
+        "dataset_params": json.dumps(spec.dataset_params, sort_keys=True),
+        "seed": spec.seed,
+        "budget_kind": spec.budget_kind,
+        "budget_limit": spec.budget_limit,
+        "budget_spent": result.budget.get("budget_spent", math.nan),
+        "budget_spent_flops": result.budget.get("budget_spent_flops", math.nan),
+        "training": json.dumps(spec.training, sort_keys=True),
+        "scoring": spec.scoring,
+        "scored_step": result.scored_step,
+        "device": spec.device,
+        "status": result.status,
+        "stop_reason": result.stop_reason,
+        "error": result.error,
+        "steps": result.steps,
+        "train_seconds": result.train_seconds,
+        "wall_seconds": result.wall_seconds,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "memory_measure": result.memory_measure,
+        "hypervolume": hv.value if hv else math.nan,
+        "hv_method": hv.method if hv else "",
+        "hv_standard_error": hv.standard_error if hv else math.nan,
+        "hv_reference": result.hv_reference,
+        "task_names": result.task_names,
+        "higher_is_better": result.higher_is_better,
+        "mlflow_run_id": mlflow_run_id,
+        "package_version": result.environment.get("mtlbench_version", ""),
+        "torch_version": result.environment.get("torch", ""),
+        "environment": json.dumps(result.environment, sort_keys=True),
+        "started_at": result.started_at,
+        "delta_m_baseline_runs": [],
+    }
+    baseline = None
+    if spec.method != "single_task" and result.status == "completed":
+        baseline = baseline_for(previous_rows, base)
+    rows = []
+    for solution in result.solutions:
+        delta = math.nan
+        if baseline is not None:
+            delta = delta_m_percent(solution.test_metrics, baseline[0], result.higher_is_better)
+        rows.append(
+            {
+                **base,
+                "solution_index": solution.index,
+                "solution_label": solution.label,
+                "coordinates": solution.coordinates,
+                "on_front": solution.on_front,
+                "val_losses": solution.val_losses,
+                "val_metrics": solution.val_metrics,
+                "val_objectives": solution.val_objectives,
+                "test_losses": solution.test_losses,
+                "test_metrics": solution.test_metrics,
+                "test_objectives": solution.test_objectives,
+                "delta_m_pct": delta,
+                "delta_m_baseline_runs": baseline[1] if baseline else [],
+            }
+        )
+    if not rows:
+        rows.append({**base, "solution_index": -1, "solution_label": "", "on_front": False, "delta_m_pct": math.nan})
+    run_delta = min((r["delta_m_pct"] for r in rows), default=math.nan, key=lambda v: (math.isnan(v), v))
+    for row in rows:
+        row["run_delta_m_pct"] = run_delta
+    return rows
+
+
+def run_suite(
+    suite: SuiteConfig,
+    results_dir: Path | None = None,
+    tracking_uri: str | None = None,
+    executor: str | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> SuiteSummary:
+    """Execute every run of ``suite`` not already recorded; return what was done."""
+    from mtlbench.harness.tracking import Tracker
+
+    console = console or Console(stderr=True)
+    results_dir = Path(results_dir or suite.output.results_dir)
+    ensure_writable(results_dir)
+    store = ResultStore(results_dir)
+    specs = expand_suite(suite)
+    finished = store.finished_hashes()
+    todo = [spec for spec in specs if spec.run_hash not in finished]
+    summary = SuiteSummary(planned=len(specs), skipped=len(specs) - len(todo))
+    console.print(
+        f"suite {suite.name}: {len(specs)} runs, {summary.skipped} already recorded, {len(todo)} to run"
+    )
+    if not todo:
+        return summary
+    tracker = Tracker(results_dir, suite.name, tracking_uri or suite.output.tracking_uri)
+    stale = tracker.mark_stale_runs()
+    if stale:
+        console.print(f"marked {stale} interrupted MLflow run(s) as KILLED")
+    mlflow_ids: dict[str, str] = {}
+
+    def on_start(spec: RunSpec) -> None:
+        mlflow_ids[spec.run_hash] = tracker.start_run(spec)
+
+    kind = executor or suite.executor.kind
+    run_executor = _executor(kind, suite)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=not show_progress, transient=False) as progress:
+        overall = progress.add_task(f"suite {suite.name}", total=len(todo))
+        for result in run_executor(todo, on_start, progress, results_dir):
+            rows = result_rows(result, mlflow_ids.get(result.spec.run_hash, ""), store.rows())
+            store.write_run(result.spec.run_hash, rows)
+            run_id = mlflow_ids.get(result.spec.run_hash) or tracker.start_run(result.spec)
+            tracker.finish_run(run_id, result, rows)
+            summary.recorded.append(result)
+            progress.advance(overall)
+            if result.status != "completed":
+                first_line = result.error.splitlines()[0] if result.error else ""
+                console.print(f"[yellow]{result.spec.title}: {result.status}[/] {first_line}")
+    tracker.finish_suite()
+    return summary
+
+
+def _executor(kind: str, suite: SuiteConfig) -> Executor:
+    if kind == "local":
+        return execute_local
+    if kind == "ray":
+        from mtlbench.cluster.ray_executor import ray_executor
+
+        return ray_executor(suite.executor)
+    raise ConfigError(f"executor.kind: unknown executor {kind!r} (known: local, ray)")

@@ -1,0 +1,174 @@
+"""MLflow records: one parent run per suite, one child run per (method, dataset, seed) run.
+
+The default store is a SQLite file under the results folder; ``tracking_uri`` may name a server.
+Only the driver writes (a SQLite store must not be migrated or written by many processes at
+once): runs executed elsewhere report their :class:`RunResult` back and are recorded here.
+A child run is created RUNNING when its run starts; if the driver dies, the next invocation of
+the suite marks such stale runs KILLED before it starts anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from mtlbench.harness.suite import RunSpec
+from mtlbench.harness.trainer import RunResult
+
+SUITE_TAG = "mtlbench.suite"
+RUN_HASH_TAG = "mtlbench.run_hash"
+PARENT_TAG = "mlflow.parentRunId"
+BATCH_LIMIT = 900  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+def default_tracking_uri(results_dir: Path) -> str:
+    return f"sqlite:///{(Path(results_dir) / 'mlflow.db').resolve()}"
+
+
+class Tracker:
+    """Writes a suite's runs into one MLflow experiment named after the suite."""
+
+    def __init__(self, results_dir: Path, suite_name: str, tracking_uri: str | None = None):
+        self.tracking_uri = tracking_uri or default_tracking_uri(results_dir)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.suite_name = suite_name
+        experiment = self.client.get_experiment_by_name(suite_name)
+        if experiment is None:
+            artifacts = (Path(results_dir) / "mlartifacts").resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(suite_name, artifact_location=artifacts)
+        else:
+            self.experiment_id = experiment.experiment_id
+        self.parent_run_id = self._suite_run()
+
+    def _suite_run(self) -> str:
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{SUITE_TAG}` = '{self.suite_name}' and tags.`mtlbench.kind` = 'suite'",
+            max_results=1,
+        )
+        if found:
+            run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"suite:{self.suite_name}",
+            tags={SUITE_TAG: self.suite_name, "mtlbench.kind": "suite"},
+        )
+        return run.info.run_id
+
+    def mark_stale_runs(self) -> int:
+        """Set every child run still RUNNING (its driver died) to KILLED. Returns how many."""
+        stale = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+        )
+        for run in stale:
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        return len(stale)
+
+    def start_run(self, spec: RunSpec) -> str:
+        """Create the child run (status RUNNING) with the run's parameters."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=spec.title,
+            tags={
+                PARENT_TAG: self.parent_run_id,
+                SUITE_TAG: self.suite_name,
+                RUN_HASH_TAG: spec.run_hash,
+                "mtlbench.kind": "run",
+            },
+        )
+        params = {
+            "method": spec.method,
+            "method_label": spec.method_label,
+            "engine": spec.engine,
+            "dataset": spec.dataset,
+            "seed": spec.seed,
+            "budget_kind": spec.budget_kind,
+            "budget_limit": spec.budget_limit,
+            "scoring": spec.scoring,
+            "device": spec.device,
+            **{f"method.{k}": v for k, v in spec.method_params.items()},
+            **{f"dataset.{k}": v for k, v in spec.dataset_params.items()},
+            **{f"training.{k}": v for k, v in spec.training.items()},
+        }
+        self.client.log_batch(
+            run.info.run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()]
+        )
+        return run.info.run_id
+
+    def finish_run(self, run_id: str, result: RunResult, rows: list[dict[str, Any]]) -> None:
+        """Log the curves, final metrics, environment and front; then end the run."""
+        metrics = []
+        for row in result.history:
+            step = int(row["step"])
+            metrics += [
+                Metric(f"train.{k}".replace("/", "."), v, 0, step)
+                for k, v in row.items()
+                if k != "step" and math.isfinite(v)
+            ]
+        final = _final_metrics(result, rows)
+        metrics += [Metric(k, v, 0, result.steps) for k, v in final.items() if math.isfinite(v)]
+        for start in range(0, len(metrics), BATCH_LIMIT):
+            self.client.log_batch(run_id, metrics=metrics[start : start + BATCH_LIMIT])
+        tags = [RunTag(f"env.{k}", str(v)[:5000]) for k, v in result.environment.items()]
+        tags += [RunTag("mtlbench.status", result.status), RunTag("mtlbench.stop_reason", result.stop_reason)]
+        if result.error:
+            tags.append(RunTag("mtlbench.error", result.error[:5000]))
+        self.client.log_batch(run_id, tags=tags)
+        with tempfile.TemporaryDirectory() as folder:
+            front = Path(folder) / "front.json"
+            front.write_text(json.dumps(_front_artifact(result, rows), indent=1))
+            self.client.log_artifact(run_id, str(front))
+        status = "FINISHED" if result.status in ("completed", "diverged") else "FAILED"
+        self.client.set_terminated(run_id, status=status)
+
+    def finish_suite(self) -> None:
+        self.client.set_terminated(self.parent_run_id, status="FINISHED")
+
+
+def _final_metrics(result: RunResult, rows: list[dict[str, Any]]) -> dict[str, float]:
+    final: dict[str, float] = {
+        "steps": float(result.steps),
+        "wall_seconds": result.wall_seconds,
+        "train_seconds": result.train_seconds,
+        "peak_memory_bytes": float(result.peak_memory_bytes),
+        **{k: float(v) for k, v in result.budget.items()},
+    }
+    if result.hypervolume is not None:
+        final["hypervolume"] = result.hypervolume.value
+        final["hypervolume_standard_error"] = result.hypervolume.standard_error
+    if rows and rows[0]["run_delta_m_pct"] is not None:
+        final["delta_m_pct"] = rows[0]["run_delta_m_pct"]
+    for solution in result.solutions:
+        for name, metric in zip(result.task_names, solution.test_metrics):
+            final[f"test.{name}.s{solution.index}"] = metric
+    if len(result.solutions) == 1:
+        for name, metric in zip(result.task_names, result.solutions[0].test_metrics):
+            final[f"test.{name}"] = metric
+    return final
+
+
+def _front_artifact(result: RunResult, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "tasks": result.task_names,
+        "hv_reference": result.hv_reference,
+        "solutions": [
+            {
+                "label": row["solution_label"],
+                "coordinates": row["coordinates"],
+                "test_objectives": row["test_objectives"],
+                "on_front": row["on_front"],
+                "delta_m_pct": row["delta_m_pct"],
+            }
+            for row in rows
+        ],
+    }

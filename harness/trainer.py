@@ -1,0 +1,342 @@
+"""One run: a method trained on a dataset under a compute budget, then scored on its solutions.
+
+``train_run(spec)`` seeds everything, builds the dataset's default model, hands it to the method,
+wraps it in the requested gradient engine (which calibrates pass costs and charges the budget),
+and steps until the budget is spent (``BudgetExhausted``), ``max_steps`` is reached or the losses
+stop being finite (recorded as *diverged*). The scored checkpoint is the final one or the best
+on validation hypervolume (suite field ``scoring``). Each solution of the method is then
+evaluated on val and test. Evaluation is not charged to the budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import math
+import os
+import platform
+import resource
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mtlbench.harness.budget import Budget, BudgetExhausted
+from mtlbench.harness.data import evaluation_batches, training_batches
+from mtlbench.harness.dataset import MultiTaskDataset, Splits
+from mtlbench.harness.gradients import get_engine
+from mtlbench.harness.method import Method, TrainingConfig
+from mtlbench.harness.metrics import HypervolumeResult, hypervolume, pareto_mask
+from mtlbench.harness.registry import DATASETS, METHODS
+from mtlbench.harness.suite import RunSpec
+from mtlbench.harness.tasks import TaskSet
+
+ProgressCallback = Callable[[float, int], None]
+EVAL_BATCH_SIZE = 1024
+
+
+@dataclass
+class SolutionResult:
+    """One evaluated solution: per-task losses, metrics and objectives on val and test (T,)."""
+
+    index: int
+    label: str
+    coordinates: list[float] | None
+    val_losses: list[float]
+    val_metrics: list[float]
+    val_objectives: list[float]
+    test_losses: list[float]
+    test_metrics: list[float]
+    test_objectives: list[float]
+    on_front: bool = False
+
+
+@dataclass
+class RunResult:
+    """Everything recorded about one run (the tracking layer writes it to MLflow and Parquet).
+
+    status: ``completed`` | ``diverged`` | ``failed``; stop_reason: ``budget`` | ``max_steps`` |
+    ``diverged`` | ``error``. history: rows of training metrics every ``log_every`` steps.
+    """
+
+    spec: RunSpec
+    status: str
+    stop_reason: str
+    error: str = ""
+    steps: int = 0
+    budget: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    memory_measure: str = ""
+    history: list[dict[str, float]] = field(default_factory=list)
+    solutions: list[SolutionResult] = field(default_factory=list)
+    hypervolume: HypervolumeResult | None = None
+    hv_reference: list[float] = field(default_factory=list)
+    task_names: list[str] = field(default_factory=list)
+    higher_is_better: list[bool] = field(default_factory=list)
+    scored_step: int = 0
+    environment: dict[str, str] = field(default_factory=dict)
+    started_at: str = ""
+
+
+# ---- set-up ----------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def _load_dataset(name: str, params_json: str) -> tuple[MultiTaskDataset, Splits]:
+    import json
+
+    dataset_cls = DATASETS.get(name)
+    dataset = dataset_cls(dataset_cls.Params.model_validate(json.loads(params_json)))
+    return dataset, dataset.load()
+
+
+def load_dataset(name: str, params: dict[str, Any]) -> tuple[MultiTaskDataset, Splits]:
+    """The dataset object and its splits, cached per process (runs share loaded data)."""
+    import json
+
+    return _load_dataset(name, json.dumps(params, sort_keys=True, default=str))
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@lru_cache(maxsize=1)
+def _code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("mtlbench")
+    except PackageNotFoundError:
+        package = "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{package}+{commit}" if commit else package
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    """Versions and device recorded with every run (reproducibility)."""
+    import mlflow
+    import pyarrow
+
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "mtlbench_version": _code_version(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "mlflow": mlflow.__version__,
+        "pyarrow": pyarrow.__version__,
+        "device": str(device),
+        "device_name": device_name or platform.machine(),
+        "torch_threads": str(torch.get_num_threads()),
+        "hostname": platform.node(),
+    }
+
+
+# ---- evaluation ------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module, taskset: TaskSet, split, device: torch.device
+) -> tuple[list[float], list[float], list[float]]:
+    """Mean per-task loss, metric and objective over a split: three lists of length T."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros(len(taskset), dtype=torch.float64, device=device)
+    metric_sum = torch.zeros(len(taskset), dtype=torch.float64, device=device)
+    count = 0
+    for inputs, targets in evaluation_batches(split, EVAL_BATCH_SIZE, device):
+        outputs = model(inputs)
+        loss_sum += taskset.per_sample_losses(outputs, targets).sum(dim=0).double()
+        metric_sum += taskset.per_sample_metrics(outputs, targets).sum(dim=0).double()
+        count += int(inputs.shape[0])
+    model.train(was_training)
+    losses = (loss_sum / count).tolist()
+    metrics = (metric_sum / count).tolist()
+    objectives = [task.objective(value) for task, value in zip(taskset, metrics)]
+    return losses, metrics, objectives
+
+
+def evaluate_solutions(
+    method: Method, taskset: TaskSet, splits: Splits, device: torch.device, with_test: bool = True
+) -> list[SolutionResult]:
+    results = []
+    for index, solution in enumerate(method.solutions()):
+        val = evaluate_model(solution.model, taskset, splits.val, device)
+        test = evaluate_model(solution.model, taskset, splits.test, device) if with_test else val
+        coordinates = list(map(float, solution.coordinates)) if solution.coordinates else None
+        results.append(SolutionResult(index, solution.label, coordinates, *val, *test))
+    method.model.train()
+    return results
+
+
+def front_hypervolume(objectives: list[list[float]], reference: list[float]) -> HypervolumeResult:
+    return hypervolume(np.asarray(objectives, dtype=float).reshape(-1, len(reference)), reference)
+
+
+# ---- the run ---------------------------------------------------------------------------------
+def _log_row(step: int, log: dict[str, torch.Tensor], names: list[str], budget: Budget) -> dict:
+    row: dict[str, float] = {"step": float(step), "budget_fraction_spent": budget.fraction_spent}
+    row["budget_spent_flops"] = budget.spent_flops
+    for key, value in log.items():
+        value = value.detach().float().cpu().reshape(-1)
+        if value.numel() == len(names):
+            for name, entry in zip(names, value.tolist()):
+                row[f"{key}/{name}"] = entry
+        elif value.numel() == 1:
+            row[key] = float(value)
+    return row
+
+
+def _is_diverged(row: dict[str, float]) -> bool:
+    return any(not math.isfinite(v) for k, v in row.items() if k.startswith("task_losses"))
+
+
+def _peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_max_rss"
+
+
+def _save_checkpoint(directory: Path, step: int, method: Method) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"step_{step:08d}.pt"
+    temporary = target.with_suffix(".tmp")
+    torch.save({"step": step, "method": method.state_dict()}, temporary)
+    os.replace(temporary, target)
+
+
+def train_run(
+    spec: RunSpec,
+    checkpoint_dir: Path | None = None,
+    progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Train and score one run. Never raises for a failing method: the result says ``failed``."""
+    started = time.perf_counter()
+    device = resolve_device(spec.device)
+    result = RunResult(
+        spec,
+        status="failed",
+        stop_reason="error",
+        started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        environment=environment(device),
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        _train(spec, device, checkpoint_dir, progress, result)
+    except Exception as error:  # noqa: BLE001 - a failing run is recorded, the suite goes on
+        result.status, result.stop_reason = "failed", "error"
+        result.error = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=8)}"
+    result.wall_seconds = time.perf_counter() - started
+    result.peak_memory_bytes, result.memory_measure = _peak_memory(device)
+    return result
+
+
+def _train(
+    spec: RunSpec,
+    device: torch.device,
+    checkpoint_dir: Path | None,
+    progress: ProgressCallback | None,
+    result: RunResult,
+) -> None:
+    training = TrainingConfig.model_validate(spec.training)
+    dataset, splits = load_dataset(spec.dataset, spec.dataset_params)
+    taskset = type(dataset).taskset(dataset.params)
+    result.task_names = taskset.names
+    result.higher_is_better = [t.higher_is_better for t in taskset]
+    result.hv_reference = taskset.hv_reference
+
+    seed_everything(spec.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    model = dataset.build_model().to(device)
+    method_cls = METHODS.get(spec.method)
+    method = method_cls(method_cls.Params.model_validate(spec.method_params), model, taskset, training)
+    method.model.to(device)
+
+    budget = Budget(spec.budget_kind, spec.budget_limit)  # type: ignore[arg-type]
+    batches = training_batches(splits.train, training.batch_size, spec.seed, device)
+    first = next(batches)
+    engine = get_engine(spec.engine)(method.model, taskset, budget, first)
+    budget.restart_clock()
+
+    best_val_hv, best_state, best_step = -math.inf, None, 0
+    step, stop_reason = 0, "max_steps"
+    batch = first
+    loop_started = time.perf_counter()
+    while step < training.max_steps:
+        try:
+            log = method.step(batch, engine)
+        except BudgetExhausted:
+            stop_reason = "budget"
+            break
+        step += 1
+        if step % training.log_every == 0:
+            row = _log_row(step, log, taskset.names, budget)
+            result.history.append(row)
+            if _is_diverged(row):
+                stop_reason = "diverged"
+                break
+            if progress:
+                progress(budget.fraction_spent, step)
+        if spec.scoring == "best_val" and step % training.eval_every == 0:
+            val_hv = _validation_hypervolume(method, taskset, splits, device)
+            if val_hv > best_val_hv:
+                best_val_hv, best_step = val_hv, step
+                best_state = copy.deepcopy(method.state_dict())
+        if checkpoint_dir and training.checkpoint_every and step % training.checkpoint_every == 0:
+            _save_checkpoint(checkpoint_dir, step, method)
+        batch = next(batches)
+    result.train_seconds = time.perf_counter() - loop_started
+    result.steps, result.stop_reason = step, stop_reason
+    result.budget = budget.summary()
+    if stop_reason == "diverged":
+        result.status = "diverged"
+        result.error = f"non-finite task loss at step {step}"
+        return
+    result.scored_step = step
+    if spec.scoring == "best_val":
+        final_val_hv = _validation_hypervolume(method, taskset, splits, device)
+        if best_state is not None and best_val_hv > final_val_hv:
+            method.load_state_dict(best_state)
+            result.scored_step = best_step
+    if checkpoint_dir and training.checkpoint_every:
+        _save_checkpoint(checkpoint_dir, step, method)
+    solutions = evaluate_solutions(method, taskset, splits, device)
+    objectives = [s.test_objectives for s in solutions]
+    for solution, on_front in zip(solutions, pareto_mask(np.asarray(objectives))):
+        solution.on_front = bool(on_front)
+    result.solutions = solutions
+    result.hypervolume = front_hypervolume(objectives, result.hv_reference)
+    result.status = "completed"
+    if progress:
+        progress(1.0, step)
+
+
+def _validation_hypervolume(method: Method, taskset: TaskSet, splits: Splits, device) -> float:
+    solutions = evaluate_solutions(method, taskset, splits, device, with_test=False)
+    return front_hypervolume([s.val_objectives for s in solutions], taskset.hv_reference).value
