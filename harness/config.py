@@ -48,11 +48,13 @@ class BudgetConfig(_Strict):
 
 class MethodEntry(_Strict):
     """name: registered method; label: its name in records (default: name); engine: gradient
-    engine (default: the method's); params: the method's own parameters."""
+    engine (default: the method's); engine_options: keyword options of that engine (e.g.
+    ``chunk_size`` for ``batched``); params: the method's own parameters."""
 
     name: str
     label: str | None = None
     engine: str | None = None
+    engine_options: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
 
 

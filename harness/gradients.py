@@ -16,7 +16,7 @@ Shapes: T tasks, B samples, P shared (encoder) parameters; ``z`` keeps its own s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -86,7 +86,11 @@ class GradientEngine:
 
     name: ClassVar[str] = "loop"
 
-    def __init__(self, model: MultiTaskModel, taskset: TaskSet, budget: Budget, calibration: Batch):
+    def __init__(
+        self, model: MultiTaskModel, taskset: TaskSet, budget: Budget, calibration: Batch, **options: Any
+    ):
+        if options:
+            raise TypeError(f"engine {self.name!r} takes no options, got {sorted(options)}")
         self.model = model
         self.taskset = taskset
         self.budget = budget
@@ -288,7 +292,19 @@ class BatchedEngine(GradientEngine):
     """
 
     name: ClassVar[str] = "batched"
-    chunk_size: int = 64
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        budget: Budget,
+        calibration: Batch,
+        chunk_size: int = 64,
+    ):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = chunk_size
+        super().__init__(model, taskset, budget, calibration)
 
     def _representation_grads(self, state: StepState) -> Tensor:
         eye = torch.eye(self.num_tasks, dtype=state.task_losses.dtype, device=state.task_losses.device)
@@ -324,7 +340,8 @@ class BatchedEngine(GradientEngine):
         return torch.cat(chunks)
 
 
-EngineFactory = Callable[[MultiTaskModel, TaskSet, Budget, Batch], GradientEngine]
+# (model, taskset, budget, calibration batch, **engine_options) -> engine
+EngineFactory = Callable[..., GradientEngine]
 ENGINES: dict[str, EngineFactory] = {
     GradientEngine.name: GradientEngine,
     BatchedEngine.name: BatchedEngine,

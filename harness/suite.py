@@ -25,6 +25,7 @@ class RunSpec:
     method_label: str
     method_params: dict[str, Any]
     engine: str
+    engine_options: dict[str, Any]
     dataset: str
     dataset_params: dict[str, Any]
     seed: int
@@ -65,6 +66,7 @@ def expand_suite(suite: SuiteConfig) -> list[RunSpec]:
                             method_label=label,
                             method_params=run_params.model_dump(mode="json"),
                             engine=method_entry.engine or method_cls.default_engine,
+                            engine_options=dict(method_entry.engine_options),
                             dataset=dataset_entry.name,
                             dataset_params=dataset_params.model_dump(mode="json"),
                             seed=seed,

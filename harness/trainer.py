@@ -281,7 +281,7 @@ def _train(
     budget = Budget(spec.budget_kind, spec.budget_limit)  # type: ignore[arg-type]
     batches = training_batches(splits.train, training.batch_size, spec.seed, device)
     first = next(batches)
-    engine = get_engine(spec.engine)(method.model, taskset, budget, first)
+    engine = get_engine(spec.engine)(method.model, taskset, budget, first, **spec.engine_options)
     budget.restart_clock()
 
     best_val_hv, best_state, best_step = -math.inf, None, 0
