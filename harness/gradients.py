@@ -176,7 +176,9 @@ class GradientEngine:
         self.charge("heads_forward", size)
         representation = self.model.encoder(inputs)
         detached = representation.detach().requires_grad_(True)
-        outputs = self.model.heads(detached)
+        # The heads read a view, not the leaf itself: module-level autograd hooks (those of
+        # FlopCounterMode, profilers) cannot watch a leaf during ``autograd.grad``.
+        outputs = self.model.heads(detached.view_as(detached))
         task_losses = self.taskset.losses(outputs, targets)
         return StepState(inputs, targets, representation, detached, outputs, task_losses)
 

@@ -1,0 +1,136 @@
+"""A suite through the CLI: records in MLflow (SQLite) and Parquet, leaderboard, resume, errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from mtlbench.harness.cli import app
+from mtlbench.harness.config import parse_suite
+from mtlbench.harness.suite import expand_suite
+from mtlbench.harness.trainer import train_run
+
+TINY = {
+    "name": "tiny",
+    "datasets": [{"name": "multidigits", "params": {"train_pairs": 512, "val_pairs": 128, "test_pairs": 256}}],
+    "methods": [{"name": "single_task"}, {"name": "ew"}],
+    "seeds": [0, 1],
+    "budget": {"flops": 3.0e9},
+    "training": {"batch_size": 64, "log_every": 5, "eval_every": 10, "checkpoint_every": 20},
+}
+
+
+def _write_suite(folder: Path, data: dict) -> Path:
+    path = folder / "suite.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def finished_suite(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("suite")
+    suite = _write_suite(folder, TINY)
+    results = folder / "results"
+    outcome = _invoke("run", str(suite), "--results-dir", str(results), "--no-progress")
+    assert outcome.exit_code == 0, outcome.output
+    return suite, results
+
+
+def test_records_parquet_mlflow_and_leaderboard(finished_suite) -> None:
+    _, results = finished_suite
+    table = pq.read_table(results / "runs").to_pylist()
+    assert len(table) == 6  # 4 single-task runs + 2 EW runs, one solution each
+    assert {r["status"] for r in table} == {"completed"}
+    for row in table:
+        assert row["budget_spent"] <= row["budget_limit"] and row["stop_reason"] == "budget"
+        assert row["package_version"] and row["torch_version"] and row["scoring"] == "final"
+        assert len(row["test_metrics"]) == 2 and 0 <= row["hypervolume"] <= 1
+    ew = [r for r in table if r["method"] == "ew"]
+    assert all(len(r["delta_m_baseline_runs"]) == 2 for r in ew)
+    assert all(r["delta_m_pct"] == r["run_delta_m_pct"] for r in ew)
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if r.data.tags.get("mtlbench.kind") == "run"]
+    assert len(children) == 6 and {r.info.status for r in children} == {"FINISHED"}
+    child = children[0]
+    assert "hypervolume" in child.data.metrics and "env.torch" in child.data.tags
+    assert client.get_metric_history(child.info.run_id, "train.budget_fraction_spent")
+    assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["front.json"]
+    hv_by_run = {r["mlflow_run_id"]: r["hypervolume"] for r in table}
+    assert child.data.metrics["hypervolume"] == pytest.approx(hv_by_run[child.info.run_id])
+    page = (results / "leaderboard" / "index.html").read_text()
+    assert "multidigits" in page and "data:image/png;base64" in page
+    markdown = (results / "leaderboard" / "index.md").read_text()
+    assert "| 1 |" in markdown and "single_task" in markdown
+    assert list((results / "checkpoints").glob("*/step_*.pt"))
+
+
+def test_rerun_runs_nothing_and_adds_no_rows(finished_suite) -> None:
+    suite, results = finished_suite
+    before = {p.name: p.stat().st_mtime_ns for p in (results / "runs").iterdir()}
+    outcome = _invoke("run", str(suite), "--results-dir", str(results), "--no-progress")
+    assert outcome.exit_code == 0
+    assert "6 skipped" in outcome.output
+    after = {p.name: p.stat().st_mtime_ns for p in (results / "runs").iterdir()}
+    assert before == after
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    assert len(client.search_runs([experiment.experiment_id])) == 7  # 6 runs + the suite run
+
+
+def test_same_seed_gives_identical_numbers() -> None:
+    spec = expand_suite(parse_suite(TINY))[-1]
+    first, second = train_run(spec), train_run(spec)
+    assert first.status == "completed", first.error
+    assert first.steps == second.steps
+    assert first.solutions[0].test_losses == second.solutions[0].test_losses
+    assert first.history == second.history
+
+
+def test_best_val_scoring_records_its_step(tmp_path: Path) -> None:
+    data = {**TINY, "methods": [{"name": "ew"}], "seeds": [0], "scoring": "best_val"}
+    spec = expand_suite(parse_suite(data))[0]
+    result = train_run(spec)
+    assert result.status == "completed"
+    assert 0 < result.scored_step <= result.steps and result.scored_step % 10 == 0 or result.scored_step == result.steps
+
+
+def test_bad_input_exits_2_with_one_line_and_keeps_records(finished_suite, tmp_path: Path) -> None:
+    _, results = finished_suite
+    before = {p.name: p.stat().st_mtime_ns for p in (results / "runs").iterdir()}
+    bad = _write_suite(tmp_path, {**TINY, "methods": [{"name": "nope"}]})
+    outcome = subprocess.run(
+        [sys.executable, "-m", "mtlbench.harness.cli", "run", str(bad), "--results-dir", str(results)],
+        capture_output=True,
+        text=True,
+    )
+    assert outcome.returncode == 2
+    lines = outcome.stderr.strip().splitlines()
+    assert len(lines) == 1 and "methods[0].name: unknown method 'nope'" in lines[0]
+    assert before == {p.name: p.stat().st_mtime_ns for p in (results / "runs").iterdir()}
+
+
+def test_unwritable_results_dir_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    suite = _write_suite(tmp_path, TINY)
+    outcome = _invoke("run", str(suite), "--results-dir", str(blocker / "results"))
+    assert outcome.exit_code == 2
+    assert "output.results_dir: cannot write to" in outcome.output
+
+
+def test_info_lists_methods_and_datasets() -> None:
+    outcome = _invoke("info")
+    assert outcome.exit_code == 0
+    assert "multidigits" in outcome.output and "single_task" in outcome.output
+    assert "9,330" in outcome.output  # the LeNet encoder's parameter count
