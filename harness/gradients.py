@@ -74,7 +74,8 @@ def _accumulate(params: Sequence[nn.Parameter], grads: Sequence[Tensor | None]) 
     for p, g in zip(params, grads):
         if g is None:
             continue
-        p.grad = g.detach().clone() if p.grad is None else p.grad.add_(g)
+        # autograd.grad returns fresh tensors owned by nobody else: adopt them without a copy
+        p.grad = g.detach() if p.grad is None else p.grad.add_(g)
 
 
 class GradientEngine:
