@@ -194,8 +194,45 @@ def run_suite(
             if result.status != "completed":
                 first_line = result.error.splitlines()[0] if result.error else ""
                 console.print(f"[yellow]{result.spec.title}: {result.status}[/] {first_line}")
+    backfilled = backfill_delta_m(store, tracker)
+    if backfilled:
+        console.print(f"Δm% filled in for {backfilled} run(s) that finished before their baseline")
     tracker.finish_suite()
     return summary
+
+
+def backfill_delta_m(store: ResultStore, tracker: Any = None) -> int:
+    """Compute Δm% for recorded runs that finished before their single-task baseline existed.
+
+    With concurrent executors a method's run can end before the baseline runs; once they are
+    recorded, such rows are rewritten with their Δm% (and it is logged to their MLflow run).
+    Returns the number of runs updated.
+    """
+    rows = store.rows()
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_run.setdefault(row["run_hash"], []).append(row)
+    updated = 0
+    for run_hash, run_rows in by_run.items():
+        first = run_rows[0]
+        if first["method"] == "single_task" or first["status"] != "completed":
+            continue
+        if first["run_delta_m_pct"] is not None and not math.isnan(first["run_delta_m_pct"]):
+            continue
+        baseline = baseline_for(rows, first)
+        if baseline is None:
+            continue
+        for row in run_rows:
+            row["delta_m_pct"] = delta_m_percent(row["test_metrics"], baseline[0], row["higher_is_better"])
+            row["delta_m_baseline_runs"] = baseline[1]
+        run_delta = min(row["delta_m_pct"] for row in run_rows)
+        for row in run_rows:
+            row["run_delta_m_pct"] = run_delta
+        store.write_run(run_hash, sorted(run_rows, key=lambda r: r["solution_index"]))
+        if tracker is not None and first["mlflow_run_id"]:
+            tracker.client.log_metric(first["mlflow_run_id"], "delta_m_pct", run_delta)
+        updated += 1
+    return updated
 
 
 def _executor(kind: str, suite: SuiteConfig) -> Executor:

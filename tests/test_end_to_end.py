@@ -134,3 +134,30 @@ def test_info_lists_methods_and_datasets() -> None:
     assert outcome.exit_code == 0
     assert "multidigits" in outcome.output and "single_task" in outcome.output
     assert "9,330" in outcome.output  # the LeNet encoder's parameter count
+
+
+def test_delta_m_backfilled_when_baseline_arrives_later(tmp_path: Path) -> None:
+    """A method run recorded before its single-task baseline gets its Δm% once the baseline exists."""
+    from mtlbench.harness.runner import backfill_delta_m, result_rows
+    from mtlbench.harness.store import ResultStore
+
+    data = {**TINY, "seeds": [0]}
+    specs = expand_suite(parse_suite(data))
+    store = ResultStore(tmp_path)
+    ew_spec = [s for s in specs if s.method == "ew"][0]
+    ew_result = train_run(ew_spec)
+    store.write_run(ew_spec.run_hash, result_rows(ew_result, "", store.rows()))
+    assert all(r["delta_m_pct"] != r["delta_m_pct"] for r in store.rows())  # NaN: no baseline yet
+    baseline_metrics = []
+    for spec in [s for s in specs if s.method == "single_task"]:
+        result = train_run(spec)
+        task = spec.method_params["task"]
+        baseline_metrics.append(result.solutions[0].test_metrics[task])
+        store.write_run(spec.run_hash, result_rows(result, "", store.rows()))
+    assert backfill_delta_m(store) == 1
+    row = [r for r in store.rows() if r["method"] == "ew"][0]
+    metrics = ew_result.solutions[0].test_metrics
+    expected = 100 * sum(-(m - b) / b for m, b in zip(metrics, baseline_metrics)) / 2
+    assert row["delta_m_pct"] == pytest.approx(expected)
+    assert len(row["delta_m_baseline_runs"]) == 2
+    assert backfill_delta_m(store) == 0
