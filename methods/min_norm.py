@@ -198,6 +198,7 @@ def mgda_weights(
     normalization: GradientNormalization = "none",
     tolerance: float = 1e-5,
     max_iterations: int = 250,
+    initial_weights: Tensor | None = None,
 ) -> Tensor:
     """MGDA task weights (T,) on the simplex from the Gram of the raw gradients.
 
@@ -205,8 +206,11 @@ def mgda_weights(
     entries by 1 / (c_i c_j); the min-norm weights of the normalised gradients are returned. As
     in the reference code, these weights are then applied to the *raw* losses (so with a
     normalisation other than ``none``, sum_t a_t g_t is not the min-norm element of the raw
-    gradients and need not be a common descent direction).
+    gradients and need not be a common descent direction). ``initial_weights``: a warm start
+    (see ``min_norm_weights``).
     """
     divisors = gradient_normalizers(gram, task_losses, normalization)
     normalised = gram / (divisors[:, None] * divisors[None, :])
-    return min_norm_weights(normalised, tolerance, max_iterations)
+    return min_norm_weights(
+        normalised, tolerance, max_iterations, initial_weights=initial_weights
+    )
