@@ -1,0 +1,202 @@
+"""Step time of gradient-balancing methods relative to EW, for T in {2, 3, 40}, in one run.
+
+Every method trains its own copy of the same initial model on the same batch; for each T the
+methods are timed in interleaved blocks of steps, and the printed ratio is the median over
+blocks of (method's step time / EW's step time in the same block). FLOPs per step (the budget's
+tally) are printed beside it. Rows:
+- ``ew``: the harness's EW step (the baseline); ``ew_bare``: the same step in plain PyTorch
+  (``loss.backward()``), to show the harness adds nothing;
+- ``mgda`` (batched Jacobian), ``mgda@loop`` (the same with T backward passes), ``mgda_ub``;
+  ``marigold`` and ``pml`` when registered; ``name@engine`` picks another engine;
+- ``torchjd_mgda``: TorchJD's ``mtl_backward`` + ``jac_to_grad`` with its ``MGDA`` aggregator,
+  when torchjd is installed (the ``bench`` extra).
+
+CPU (default): LeNet encoder (1×28×28 → 50) + T binary heads Linear(50, 2), batch 128, one
+thread (stable figures on a shared machine). ``--device cuda``: CIFAR-style ResNet-18 (≈11.2M
+parameters) on 3×64×64, batch 256, T heads Linear(2048, 2).
+
+Run: ``python benchmarks/step_time.py`` (or ``--device cuda``; ``--tasks 2 3 40``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mtlbench.datasets._models import LeNetEncoder
+from mtlbench.harness.budget import Budget
+from mtlbench.harness.gradients import get_engine
+from mtlbench.harness.method import TrainingConfig
+from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
+from mtlbench.harness.registry import METHODS
+from mtlbench.harness.tasks import TaskSet, TaskSpec
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _models import resnet18_encoder  # noqa: E402
+
+DEFAULT_METHODS = ["ew", "ew_bare", "mgda", "mgda@loop", "mgda_ub", "marigold", "pml", "torchjd_mgda"]
+Step = Callable[[], None]
+
+
+def build_model(kind: str, side: int, tasks: int) -> MultiTaskModel:
+    encoder = LeNetEncoder(side) if kind == "lenet" else resnet18_encoder(side)
+    channels = 1 if kind == "lenet" else 3
+    with torch.no_grad():
+        width = encoder(torch.zeros(2, channels, side, side)).shape[1]
+    return MultiTaskModel(encoder, StackedMLPHeads(tasks, width, 2, hidden=None), tasks)
+
+
+def harness_step(name: str, model, taskset, batch, training, chunk_size) -> tuple[Step, Budget] | None:
+    method_name, _, engine_name = name.partition("@")
+    if method_name not in METHODS.names():
+        return None
+    method_cls = METHODS.get(method_name)
+    method = method_cls(method_cls.Params(), model, taskset, training)
+    engine_name = engine_name or method_cls.default_engine
+    options = {"chunk_size": chunk_size} if chunk_size and engine_name in ("batched", "representation") else {}
+    budget = Budget("flops", 1e30)
+    engine = get_engine(engine_name)(method.model, taskset, budget, batch, **options)
+    return (lambda: method.step(batch, engine)), budget
+
+
+def bare_ew_step(model, taskset, batch, training) -> Step:
+    optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
+    weights = torch.full((len(taskset),), 1.0 / len(taskset), device=batch[0].device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        (weights * taskset.losses(model(batch[0]), batch[1])).sum().backward()
+        optimizer.step()
+
+    return step
+
+
+def torchjd_step(model, taskset, batch, training) -> Step | None:
+    try:
+        from torchjd.aggregation import MGDA
+        from torchjd.autojac import jac_to_grad, mtl_backward
+    except ImportError:
+        return None
+    optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
+    aggregator = MGDA()
+    shared = model.shared_parameters()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        features = model.encoder(batch[0])
+        losses = taskset.losses(model.heads(features), batch[1])
+        # the stacked heads share one graph across tasks: keep it for every task's pass
+        mtl_backward(list(losses), features=features, shared_params=shared, retain_graph=True)
+        jac_to_grad(shared, aggregator)
+        optimizer.step()
+
+    return step
+
+
+def time_block(step: Step, steps: int, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def run_tasks(args, tasks: int, device: torch.device) -> list[tuple[str, float, float, float]]:
+    torch.manual_seed(0)
+    channels = 1 if args.model == "lenet" else 3
+    initial = build_model(args.model, args.side, tasks).to(device)
+    taskset = TaskSet([TaskSpec(f"t{t}", "classification", 2) for t in range(tasks)])
+    inputs = torch.randn(args.batch_size, channels, args.side, args.side, device=device)
+    targets = torch.randint(0, 2, (args.batch_size, tasks), device=device).float()
+    batch = (inputs, targets)
+    training = TrainingConfig(batch_size=args.batch_size, lr=1e-4)
+    steps: dict[str, tuple[Step, Budget | None]] = {}
+    for name in args.methods:
+        model = copy.deepcopy(initial)
+        if name == "ew_bare":
+            steps[name] = (bare_ew_step(model, taskset, batch, training), None)
+        elif name == "torchjd_mgda":
+            step = torchjd_step(model, taskset, batch, training)
+            if step is not None:
+                steps[name] = (step, None)
+        else:
+            made = harness_step(name, model, taskset, batch, training, args.chunk_size)
+            if made is not None:
+                steps[name] = made
+    missing = [name for name in args.methods if name not in steps]
+    if missing:
+        print(f"  (skipped, not registered or not installed: {', '.join(missing)})")
+    flops_per_step: dict[str, float] = {}
+    for name, (step, budget) in steps.items():  # warm-up, and FLOPs per step from the tally
+        spent = budget.spent_flops if budget else 0.0
+        for _ in range(args.warmup):
+            step()
+        if budget:
+            flops_per_step[name] = (budget.spent_flops - spent) / args.warmup
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    ratios: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.blocks):
+        block = {name: time_block(step, args.steps, device) for name, (step, _) in steps.items()}
+        for name, seconds in block.items():
+            times[name].append(seconds)
+            ratios[name].append(seconds / block["ew"])
+    ew_flops = flops_per_step.get("ew", float("nan"))
+    return [
+        (
+            name,
+            statistics.median(times[name]),
+            statistics.median(ratios[name]),
+            flops_per_step.get(name, float("nan")) / ew_flops,
+        )
+        for name in steps
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 3, 40])
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    parser.add_argument("--model", choices=["lenet", "resnet18"], default=None)
+    parser.add_argument("--side", type=int, default=None, help="input side (28 LeNet, 64 ResNet)")
+    parser.add_argument("--batch-size", type=int, default=None, help="128 on CPU, 256 on CUDA")
+    parser.add_argument("--blocks", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
+    parser.add_argument("--chunk-size", type=int, default=None, help="tasks per batched VJP")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    args.model = args.model or ("resnet18" if cuda else "lenet")
+    args.side = args.side or (64 if args.model == "resnet18" else 28)
+    args.batch_size = args.batch_size or (256 if cuda else 128)
+    if "ew" not in args.methods:
+        args.methods = ["ew", *args.methods]
+    if not cuda:
+        torch.set_num_threads(args.threads)
+    where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} thread(s)"
+    print(
+        f"{args.model} encoder, {args.side}×{args.side} inputs, batch {args.batch_size}, binary heads; "
+        f"{where}; torch {torch.__version__}; median of {args.blocks} blocks × {args.steps} steps"
+    )
+    for tasks in args.tasks:
+        print(f"\nT = {tasks}")
+        print(f"  {'method':<16}{'step ms':>10}{'time / EW':>11}{'FLOPs / EW':>12}")
+        for name, seconds, ratio, flops_ratio in run_tasks(args, tasks, device):
+            flops = f"{flops_ratio:12.2f}" if flops_ratio == flops_ratio else f"{'-':>12}"
+            print(f"  {name:<16}{1e3 * seconds:10.2f}{ratio:11.2f}{flops}")
+
+
+if __name__ == "__main__":
+    main()
