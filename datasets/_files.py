@@ -29,7 +29,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 
 def data_root(params: DatasetParams, dataset: str) -> Path:
-    """The folder holding the downloaded datasets: ``params.data_root``, else $MTLBENCH_DATA_ROOT."""
+    """The folder holding the downloaded datasets: ``params.data_root``, else the env var."""
     root = params.data_root or os.environ.get(DATA_ROOT_ENV)
     if not root:
         raise DatasetFileError(
@@ -90,9 +90,7 @@ def read_idx(path: Path, expected_magic: int, item_shape: tuple[int, ...] = ()) 
     header_length = 4 + 4 * dims
     if len(content) < header_length:
         raise DatasetFileError(f"{path}: truncated IDX header")
-    shape = tuple(
-        int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)
-    )
+    shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     if item_shape and shape[1:] != item_shape:
         raise DatasetFileError(f"{path}: IDX items have shape {shape[1:]}, expected {item_shape}")
     expected_bytes = int(np.prod(shape))

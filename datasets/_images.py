@@ -53,7 +53,9 @@ def report_skipped(dataset: str, reason: str, skipped: Sequence[str], limit: int
     if not skipped:
         return
     examples = ", ".join(skipped[:limit]) + (", …" if len(skipped) > limit else "")
-    warnings.warn(f"{dataset}: skipped {len(skipped)} file(s) with {reason}: {examples}", stacklevel=3)
+    warnings.warn(
+        f"{dataset}: skipped {len(skipped)} file(s) with {reason}: {examples}", stacklevel=3
+    )
 
 
 class ImageFiles(Dataset):

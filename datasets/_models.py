@@ -88,7 +88,8 @@ class ResNet18Encoder(nn.Module):
         channels = width
         for index, stride in enumerate((1, 2, 2, 2)):
             out_channels = width * 2**index
-            stages += [BasicBlock(channels, out_channels, stride), BasicBlock(out_channels, out_channels, 1)]
+            stages.append(BasicBlock(channels, out_channels, stride))
+            stages.append(BasicBlock(out_channels, out_channels, 1))
             channels = out_channels
         self.stages = nn.Sequential(*stages)
         self.grid = max(1, side // 32)

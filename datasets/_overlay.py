@@ -161,7 +161,9 @@ class TwoItemOverlay(MultiTaskDataset):
         right = left if self.right_source == self.left_source else self.right_source.load(root)
         pools = {}
         for name, source in (("left", left), ("right", right)):
-            train, val = carve_validation(len(source["train_labels"]), params.val_fraction, params.seed)
+            train, val = carve_validation(
+                len(source["train_labels"]), params.val_fraction, params.seed
+            )
             test = np.arange(len(source["test_labels"]))
             pools[name] = {"train": ("train", train), "val": ("train", val), "test": ("test", test)}
         arrays = {}
@@ -179,7 +181,10 @@ class TwoItemOverlay(MultiTaskDataset):
                 left[f"{left_part}_images"][left_index], right[f"{right_part}_images"][right_index]
             )
             arrays[f"{split}_targets"] = np.stack(
-                [left[f"{left_part}_labels"][left_index], right[f"{right_part}_labels"][right_index]],
+                [
+                    left[f"{left_part}_labels"][left_index],
+                    right[f"{right_part}_labels"][right_index],
+                ],
                 axis=1,
             )
         return arrays

@@ -68,7 +68,9 @@ def read_attributes(path: Path) -> tuple[list[str], np.ndarray]:
     try:
         declared = int(lines[0].strip())
     except ValueError:
-        raise DatasetFileError(f"{path}:1: expected the number of images, got {lines[0]!r}") from None
+        raise DatasetFileError(
+            f"{path}:1: expected the number of images, got {lines[0]!r}"
+        ) from None
     names = lines[1].split()
     if names != ATTRIBUTES:
         differ = next((i for i, (a, b) in enumerate(zip(names, ATTRIBUTES)) if a != b), None)
@@ -144,12 +146,16 @@ class CelebA(MultiTaskDataset):
             raise DatasetFileError(f"celeba: image folder {IMAGE_FOLDER}/ not found in {folder}")
         present = set(os.listdir(image_folder))
         keep = np.array([name in present for name in files], dtype=bool)
-        report_skipped("celeba", f"no image in {image_folder}", [n for n, k in zip(files, keep) if not k])
+        report_skipped(
+            "celeba", f"no image in {image_folder}", [n for n, k in zip(files, keep) if not k]
+        )
         if params.verify_images:
             index = np.flatnonzero(keep)
             readable = verify_images([image_folder / files[i] for i in index])
             report_skipped(
-                "celeba", "undecodable image data", [files[i] for i, ok in zip(index, readable) if not ok]
+                "celeba",
+                "undecodable image data",
+                [files[i] for i, ok in zip(index, readable) if not ok],
             )
             keep[index[~np.asarray(readable, dtype=bool)]] = False
         codes = np.array([partition[name] for name in files])
@@ -157,7 +163,9 @@ class CelebA(MultiTaskDataset):
         for split, code in SPLIT_CODES.items():
             index = np.flatnonzero(keep & (codes == code))
             if len(index) == 0:
-                raise DatasetFileError(f"celeba: the {split} split ({PARTITION_FILE} code {code}) is empty")
+                raise DatasetFileError(
+                    f"celeba: the {split} split ({PARTITION_FILE} code {code}) is empty"
+                )
             splits[split] = ImageFiles(
                 [image_folder / files[i] for i in index],
                 torch.from_numpy(targets[index]),

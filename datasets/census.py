@@ -122,15 +122,39 @@ KDD = Schema(
         "income": (),
     },
     distinct=dict(
-        class_of_worker=9, industry_code=52, occupation_code=47, education=17,
-        enrolled_in_education=3, marital_status=7, major_industry=24, major_occupation=15,
-        race=5, hispanic_origin=10, sex=2, union_member=3, unemployment_reason=6,
-        employment_status=8, tax_filer_status=6, previous_region=6, previous_state=51,
-        household_family_status=38, household_summary=8, migration_msa=10, migration_region=9,
-        migration_within_region=10, same_house_last_year=3, migration_sunbelt=4,
-        family_members_under_18=5, father_birth_country=43, mother_birth_country=43,
-        birth_country=43, citizenship=5, own_business=3, veterans_questionnaire=3,
-        veterans_benefits=3, year=2,
+        class_of_worker=9,
+        industry_code=52,
+        occupation_code=47,
+        education=17,
+        enrolled_in_education=3,
+        marital_status=7,
+        major_industry=24,
+        major_occupation=15,
+        race=5,
+        hispanic_origin=10,
+        sex=2,
+        union_member=3,
+        unemployment_reason=6,
+        employment_status=8,
+        tax_filer_status=6,
+        previous_region=6,
+        previous_state=51,
+        household_family_status=38,
+        household_summary=8,
+        migration_msa=10,
+        migration_region=9,
+        migration_within_region=10,
+        same_house_last_year=3,
+        migration_sunbelt=4,
+        family_members_under_18=5,
+        father_birth_country=43,
+        mother_birth_country=43,
+        birth_country=43,
+        citizenship=5,
+        own_business=3,
+        veterans_questionnaire=3,
+        veterans_benefits=3,
+        year=2,
     ),
 )
 
@@ -151,8 +175,14 @@ ADULT = Schema(
         "income": (),
     },
     distinct=dict(
-        workclass=9, education=16, marital_status=7, occupation=15, relationship=6, race=5,
-        sex=2, native_country=42,
+        workclass=9,
+        education=16,
+        marital_status=7,
+        occupation=15,
+        relationship=6,
+        race=5,
+        sex=2,
+        native_country=42,
     ),
 )
 SCHEMAS = {"kdd": KDD, "adult": ADULT}
@@ -187,7 +217,9 @@ def input_columns(schema: Schema, tasks: tuple[str, ...]) -> tuple[list[str], li
     """(continuous, nominal) input columns, in file order, for a choice of tasks."""
     excluded = set(schema.ignored).union(*(schema.task_columns[t] for t in tasks))
     kept = [c for c in schema.columns if c not in excluded]
-    return [c for c in kept if c in schema.continuous], [c for c in kept if c not in schema.continuous]
+    return [c for c in kept if c in schema.continuous], [
+        c for c in kept if c not in schema.continuous
+    ]
 
 
 def read_rows(path: Path, width: int) -> list[tuple[int, list[str]]]:
@@ -195,7 +227,9 @@ def read_rows(path: Path, width: int) -> list[tuple[int, list[str]]]:
     text = read_bytes(path).decode("utf-8", errors="replace")
     rows = []
     for number, fields in enumerate(csv.reader(io.StringIO(text), skipinitialspace=True), start=1):
-        if not fields or (len(fields) == 1 and (not fields[0].strip() or fields[0].startswith("|"))):
+        if not fields or (
+            len(fields) == 1 and (not fields[0].strip() or fields[0].startswith("|"))
+        ):
             continue
         if len(fields) != width:
             raise DatasetFileError(f"{path}:{number}: expected {width} fields, got {len(fields)}")
@@ -245,7 +279,9 @@ class Census(MultiTaskDataset):
         continuous, nominal = input_columns(schema, params.tasks)
         position = {name: index for index, name in enumerate(schema.columns)}
         vocabulary = {
-            column: {v: i for i, v in enumerate(sorted({r[position[column]] for _, r in rows["train"]}))}
+            column: {
+                v: i for i, v in enumerate(sorted({r[position[column]] for _, r in rows["train"]}))
+            }
             for column in nominal
         }
         width = len(continuous) + sum(len(v) for v in vocabulary.values())
@@ -268,7 +304,9 @@ class Census(MultiTaskDataset):
                 values = _task_values(files[split], split_rows, source, rule, task)
                 targets[:, task_index] = values
             encoded[split] = (numbers, one_hot, targets)
-        train_index, val_index = carve_validation(len(rows["train"]), params.val_fraction, params.split_seed)
+        train_index, val_index = carve_validation(
+            len(rows["train"]), params.val_fraction, params.split_seed
+        )
         train_numbers = encoded["train"][0][train_index]
         mean = train_numbers.mean(axis=0)
         std = train_numbers.std(axis=0)
@@ -303,7 +341,11 @@ def _numbers(path: Path, rows: list[tuple[int, list[str]]], columns: list[int]) 
 
 
 def _task_values(
-    path: Path, rows: list[tuple[int, list[str]]], column: int, rule: Callable[[str], bool], task: str
+    path: Path,
+    rows: list[tuple[int, list[str]]],
+    column: int,
+    rule: Callable[[str], bool],
+    task: str,
 ) -> np.ndarray:
     values = np.zeros(len(rows), dtype=np.float32)
     for row_index, (number, row) in enumerate(rows):

@@ -119,12 +119,16 @@ class UTKFace(MultiTaskDataset):
         if params.verify_images and paths:
             readable = verify_images(paths)
             report_skipped(
-                "utkface", "undecodable image data", [p.name for p, ok in zip(paths, readable) if not ok]
+                "utkface",
+                "undecodable image data",
+                [p.name for p, ok in zip(paths, readable) if not ok],
             )
             paths = [p for p, ok in zip(paths, readable) if ok]
             labels = [label for label, ok in zip(labels, readable) if ok]
         if not paths:
-            raise DatasetFileError(f"utkface: no usable age_gender_race_datetime.jpg image in {folder}")
+            raise DatasetFileError(
+                f"utkface: no usable age_gender_race_datetime.jpg image in {folder}"
+            )
         return paths, np.asarray(labels, dtype=np.int64).reshape(-1, 3)
 
     def load(self) -> Splits:
@@ -133,7 +137,11 @@ class UTKFace(MultiTaskDataset):
         order = np.random.default_rng(params.split_seed).permutation(len(paths))
         train_end = int(SPLIT_FRACTIONS[0] * len(paths))
         val_end = train_end + int(SPLIT_FRACTIONS[1] * len(paths))
-        parts = {"train": order[:train_end], "val": order[train_end:val_end], "test": order[val_end:]}
+        parts = {
+            "train": order[:train_end],
+            "val": order[train_end:val_end],
+            "test": order[val_end:],
+        }
         train_ages = labels[parts["train"], 0].astype(np.float64)
         if len(train_ages) == 0:
             raise DatasetFileError(f"utkface: {len(paths)} images are too few for a training split")
@@ -144,7 +152,9 @@ class UTKFace(MultiTaskDataset):
         targets_tensor = torch.from_numpy(targets)
         splits = {
             name: ImageFiles(
-                [paths[i] for i in index], targets_tensor[torch.from_numpy(index)], params.image_size
+                [paths[i] for i in index],
+                targets_tensor[torch.from_numpy(index)],
+                params.image_size,
             )
             for name, index in parts.items()
         }
