@@ -49,7 +49,7 @@ from mtlbench.harness.tasks import TaskSet, TaskSpec
 
 ITEM_SIDE = 28
 CANVAS_SIDE = 36
-SHIFT = CANVAS_SIDE - ITEM_SIDE - 2  # 6: the right item occupies [6:34, 6:34]
+SHIFT = 6  # the right item occupies [6:34, 6:34] (2 pixels short of the bottom-right corner)
 NEAREST_INDEX = np.floor((np.arange(ITEM_SIDE) + 0.5) * CANVAS_SIDE / ITEM_SIDE).astype(np.int64)
 CACHE_VERSION = 1
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
