@@ -71,12 +71,14 @@ def load_parameter_vector(model: nn.Module, vector: Tensor) -> None:
     ``.data`` a view of ``vector``: later in-place updates of the model would then change the
     stored vector.
     """
+    params = full_parameters(model)
+    count = sum(p.numel() for p in params)
+    if vector.shape != (count,):
+        raise ValueError(f"vector has shape {tuple(vector.shape)}, the model {count} parameters")
     offset = 0
-    for p in full_parameters(model):
+    for p in params:
         p.copy_(vector[offset : offset + p.numel()].view_as(p))
         offset += p.numel()
-    if offset != vector.numel():
-        raise ValueError(f"vector has {vector.numel()} entries, the model {offset} parameters")
 
 
 def _flatten(pieces: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:
@@ -279,7 +281,11 @@ def time_hvp_variants(
     variants: Sequence[HvpVariant] = HVP_VARIANTS,
     repeats: int = 5,
 ) -> dict[str, float]:
-    """Median wall seconds of one product for each variant (set-up excluded), side by side."""
+    """Median wall seconds of one product for each variant (set-up excluded).
+
+    Variants are timed one after the other, each operator freed before the next is built, so at
+    most one gradient graph is held at a time (large models).
+    """
     device = batch[0].device
     vector = torch.randn(sum(p.numel() for p in full_parameters(model)), device=device)
 
@@ -287,18 +293,20 @@ def time_hvp_variants(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    applies = {v: build_hvp(model, taskset, batch, weights, v) for v in variants}
-    seconds: dict[str, list[float]] = {v: [] for v in variants}
-    for variant in variants:  # warm-up
-        applies[variant](vector)
-    for _ in range(repeats):
-        for variant in variants:  # interleaved, so drifts in machine load hit all alike
+    medians: dict[str, float] = {}
+    for variant in variants:
+        apply = build_hvp(model, taskset, batch, weights, variant)
+        apply(vector)  # warm-up
+        seconds = []
+        for _ in range(repeats):
             sync()
             started = time.perf_counter()
-            applies[variant](vector)
+            apply(vector)
             sync()
-            seconds[variant].append(time.perf_counter() - started)
-    return {v: sorted(s)[len(s) // 2] for v, s in seconds.items()}
+            seconds.append(time.perf_counter() - started)
+        medians[variant] = sorted(seconds)[len(seconds) // 2]
+        del apply
+    return medians
 
 
 def choose_hvp_variant(

@@ -4,11 +4,13 @@ Ma, Du & Matusik, ICML 2020, "Efficient Continuous Pareto Exploration in Multi-T
 (reference code mit-gfx/ContinuousParetoMTL). The parameters x are *all* the model's trainable
 parameters (encoder and heads, N of them), as in the paper.
 
-1. **Seeds** (a ``seed_budget_fraction`` of the budget, or ``seed_steps`` steps per seed):
+1. **Seeds** (a ``seed_budget_fraction`` of the budget, or ``seed_steps`` steps in all):
    Pareto-stationary points reached by weighted-sum training from an even grid of preferences
    that excludes 0 and 1 (paper, Sec. 5), or by MGDA descent (Sener & Koltun 2018; weights from
-   ``min_norm_weights``). Seed i continues from seed i-1's parameters (a continuation along the
-   grid); with MGDA, seeds after the first restart from a re-initialisation.
+   ``min_norm_weights``). Under a budget, weighted-sum seeds share a trunk trained with uniform
+   weights (``trunk_fraction`` of the seeding) and fine-tune from it; the paper trains each
+   seed from scratch (``trunk_fraction: 0``). With MGDA, seeds after the first restart from a
+   re-initialisation of every module that has ``reset_parameters``.
 2. **Tangents**: at a point x with min-norm weights alpha (sum_t alpha_t grad f_t ~ 0), solve
    ``(sum_t alpha_t H_t + damping I) v = J^T beta`` by MINRES on Hessian-vector products (paper,
    Eq. 6 and Alg. 1), never forming a Hessian; beta = unit vectors (2 tasks), nonzero binary
@@ -103,9 +105,12 @@ class ParetoExpansionParams(MethodParams):
     """Parameters (defaults follow the paper's MultiMNIST run where it states them).
 
     seeding: ``weighted_sum`` (preference grid) or ``mgda``. num_seeds: seed points.
-    seed_budget_fraction: share of the budget spent on seeds (split evenly among them); the rest
-        goes to the expansion. seed_steps: if set, train each seed exactly this many steps
-        instead (for budgets that FLOPs do not measure, e.g. analytic toys).
+    seed_budget_fraction: share of the budget spent on seeding; the rest goes to the expansion.
+    trunk_fraction: share of the seeding spent on a trunk trained with uniform weights, from
+        which every weighted-sum seed then fine-tunes with its preference (the rest is split
+        evenly among the seeds; 0: every seed trains from the initial parameters, as in the
+        paper). seed_steps: if set, the seeding lasts this many steps in all, divided the same
+        way, instead of a budget share (for toys whose FLOPs the counter does not see).
     damping: lambda added to the Hessian's diagonal. minres_max_iterations / minres_tolerance:
         MINRES iterations and relative residual target per tangent solve. minres_check_every:
         iterations between reads of MINRES's stopping test (its only host synchronisations).
@@ -123,6 +128,7 @@ class ParetoExpansionParams(MethodParams):
     seeding: Literal["weighted_sum", "mgda"] = "weighted_sum"
     num_seeds: int = Field(3, ge=1, le=64)
     seed_budget_fraction: float = Field(0.6, gt=0.0, lt=1.0)
+    trunk_fraction: float = Field(0.5, ge=0.0, lt=1.0)
     seed_steps: int | None = Field(None, ge=1)
     damping: float = Field(0.1, ge=0.0)
     minres_max_iterations: int = Field(50, ge=1)
@@ -243,8 +249,10 @@ class ParetoExpansion(Method):
         self.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
         self.codes = tangent_codes(self.num_tasks, params.random_directions, self.generator)
         self.phase = "seeding"
-        self.seed_index = 0
-        self.seed_steps_done = 0
+        self.stage = 0  # 0: the shared trunk; i >= 1: seed i - 1
+        self.seeding_steps_done = 0
+        # where seeds start: the trunk (weighted sum) or the initial parameters
+        self.trunk: tuple[Tensor, dict[str, Tensor]] = (parameter_vector(model), self._buffers())
         self.points: list[ExplorationPoint] = []
         self.rays: list[_Ray] = []
         self.queue: deque[int] = deque()
@@ -265,24 +273,37 @@ class ParetoExpansion(Method):
     def step(self, batch: Batch, engine: GradientEngine) -> StepLog:
         if self.phase == "seeding":
             log = self._seed_step(batch, engine)
-            self.seed_steps_done += 1
-            if self._seed_finished(engine):
-                self._finish_seed()
+            self.seeding_steps_done += 1
+            while self.phase == "seeding" and self._stage_finished(engine):
+                self._finish_stage()
             return log
         return self._expansion_step(batch, engine)
 
     # ---- seeding -------------------------------------------------------------------------------
-    def _seed_finished(self, engine: GradientEngine) -> bool:
+    @property
+    def _trunk_share(self) -> float:
+        return self.params.trunk_fraction if self.params.seeding == "weighted_sum" else 0.0
+
+    def _stage_end(self, stage: int) -> float:
+        """Cumulative share of the seeding phase at the end of ``stage`` (0: the trunk)."""
+        return self._trunk_share + (1 - self._trunk_share) * stage / self.params.num_seeds
+
+    def _stage_finished(self, engine: GradientEngine) -> bool:
+        end = self._stage_end(self.stage)
         if self.params.seed_steps is not None:
-            return self.seed_steps_done >= self.params.seed_steps
-        share = self.params.seed_budget_fraction * (self.seed_index + 1) / self.params.num_seeds
-        return engine.budget.fraction_spent >= share
+            return self.seeding_steps_done >= round(self.params.seed_steps * end)
+        return engine.budget.fraction_spent >= self.params.seed_budget_fraction * end
+
+    def _stage_weights(self) -> Tensor:
+        if self.stage == 0:
+            return torch.full((self.num_tasks,), 1.0 / self.num_tasks)
+        return self.preferences[self.stage - 1]
 
     def _seed_step(self, batch: Batch, engine: GradientEngine) -> StepLog:
         self.optimizer.zero_grad(set_to_none=True)
         state = engine.forward(batch)
         if self.params.seeding == "weighted_sum":
-            weights = self.preferences[self.seed_index].to(state.task_losses.device)
+            weights = self._stage_weights().to(state.task_losses.device)
             engine.backward(state, weights)
         else:
             jacobian = engine.shared_jacobian(state)
@@ -292,23 +313,34 @@ class ParetoExpansion(Method):
         self.optimizer.step()
         return {"task_losses": state.task_losses.detach(), "weights": weights.float()}
 
-    def _finish_seed(self) -> None:
-        self.points.append(
-            ExplorationPoint(parameter_vector(self.model), self._buffers(), self.seed_index)
-        )
-        self.seed_index += 1
-        self.seed_steps_done = 0
-        if self.seed_index >= self.params.num_seeds:
+    def _finish_stage(self) -> None:
+        """Store the seed just trained (stage >= 1) and set up the next stage's start."""
+        if self.stage == 0:
+            self.trunk = (parameter_vector(self.model), self._buffers())
+        else:
+            seed = self.stage - 1
+            self.points.append(ExplorationPoint(parameter_vector(self.model), self._buffers(), seed))
+        self.stage += 1
+        if self.stage > self.params.num_seeds:
             self.phase = "expansion"
             return
-        if self.params.seeding == "mgda":
+        if self.params.seeding == "mgda" and self.stage > 1:
             for module in self.model.modules():
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
+        else:
+            parameters, buffers = self.trunk
+            load_parameter_vector(self.model, parameters)
+            self._load_buffers(buffers)
         self.optimizer = make_optimizer(self.model.parameters(), self.training)
 
     def _buffers(self) -> dict[str, Tensor]:
         return {name: b.detach().clone() for name, b in self.model.named_buffers()}
+
+    @torch.no_grad()
+    def _load_buffers(self, buffers: dict[str, Tensor]) -> None:
+        for name, buffer in self.model.named_buffers():
+            buffer.copy_(buffers[name])
 
     # ---- expansion -----------------------------------------------------------------------------
     def _gather(self, batch: Batch) -> Batch | None:
@@ -497,11 +529,12 @@ class ParetoExpansion(Method):
         if self._scratch is None:
             self._scratch = copy.deepcopy(self.model)
         scratch = self._scratch
-        if self.phase == "seeding":  # the seed in progress (training may end before it is stored)
+        if self.phase == "seeding":  # the stage in progress (training may end before it is stored)
+            label = "trunk" if self.stage == 0 else f"seed{self.stage - 1}"
             yield Solution(
-                f"seed{self.seed_index}",
+                label,
                 _PointModel(scratch, parameter_vector(self.model), self._buffers()),
-                tuple(self.preferences[self.seed_index].tolist()),
+                tuple(float(w) for w in self._stage_weights()),
             )
         for point in self.points:
             yield Solution(point.label, _PointModel(scratch, point.parameters, point.buffers),
@@ -537,8 +570,9 @@ class ParetoExpansion(Method):
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "phase": self.phase,
-            "seed_index": self.seed_index,
-            "seed_steps_done": self.seed_steps_done,
+            "stage": self.stage,
+            "seeding_steps_done": self.seeding_steps_done,
+            "trunk": copy.deepcopy(self.trunk),
             "points": [copy.deepcopy(asdict(p)) for p in self.points],
             "rays": [copy.deepcopy(asdict(r)) for r in self.rays],
             "queue": list(self.queue),
@@ -554,8 +588,9 @@ class ParetoExpansion(Method):
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.phase = state["phase"]
-        self.seed_index = state["seed_index"]
-        self.seed_steps_done = state["seed_steps_done"]
+        self.stage = state["stage"]
+        self.seeding_steps_done = state["seeding_steps_done"]
+        self.trunk = copy.deepcopy(state["trunk"])
         self.points = [ExplorationPoint(**p) for p in copy.deepcopy(state["points"])]
         self.rays = [_Ray(**r) for r in copy.deepcopy(state["rays"])]
         self.queue = deque(state["queue"])
