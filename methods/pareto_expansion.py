@@ -127,8 +127,8 @@ class ParetoExpansionParams(MethodParams):
 
     seeding: Literal["weighted_sum", "mgda"] = "weighted_sum"
     num_seeds: int = Field(3, ge=1, le=64)
-    seed_budget_fraction: float = Field(0.6, gt=0.0, lt=1.0)
-    trunk_fraction: float = Field(0.5, ge=0.0, lt=1.0)
+    seed_budget_fraction: float = Field(0.8, gt=0.0, lt=1.0)
+    trunk_fraction: float = Field(0.7, ge=0.0, lt=1.0)
     seed_steps: int | None = Field(None, ge=1)
     damping: float = Field(0.1, ge=0.0)
     minres_max_iterations: int = Field(50, ge=1)
@@ -249,10 +249,12 @@ class ParetoExpansion(Method):
         self.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
         self.codes = tangent_codes(self.num_tasks, params.random_directions, self.generator)
         self.phase = "seeding"
-        self.stage = 0  # 0: the shared trunk; i >= 1: seed i - 1
+        # stage 0: the shared trunk (skipped when it has no share); stage i >= 1: seed i - 1
+        self.stage = 0 if self._trunk_share > 0 else 1
         self.seeding_steps_done = 0
         # where seeds start: the trunk (weighted sum) or the initial parameters
         self.trunk: tuple[Tensor, dict[str, Tensor]] = (parameter_vector(model), self._buffers())
+        self.trunk_optimizer: dict[str, Any] | None = None
         self.points: list[ExplorationPoint] = []
         self.rays: list[_Ray] = []
         self.queue: deque[int] = deque()
@@ -317,6 +319,7 @@ class ParetoExpansion(Method):
         """Store the seed just trained (stage >= 1) and set up the next stage's start."""
         if self.stage == 0:
             self.trunk = (parameter_vector(self.model), self._buffers())
+            self.trunk_optimizer = copy.deepcopy(self.optimizer.state_dict())
         else:
             seed = self.stage - 1
             self.points.append(ExplorationPoint(parameter_vector(self.model), self._buffers(), seed))
@@ -328,11 +331,14 @@ class ParetoExpansion(Method):
             for module in self.model.modules():
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
-        else:
+            self.optimizer = make_optimizer(self.model.parameters(), self.training)
+        else:  # from the trunk, with the trunk's optimizer state (its moments are warm)
             parameters, buffers = self.trunk
             load_parameter_vector(self.model, parameters)
             self._load_buffers(buffers)
-        self.optimizer = make_optimizer(self.model.parameters(), self.training)
+            self.optimizer = make_optimizer(self.model.parameters(), self.training)
+            if self.trunk_optimizer is not None:
+                self.optimizer.load_state_dict(copy.deepcopy(self.trunk_optimizer))
 
     def _buffers(self) -> dict[str, Tensor]:
         return {name: b.detach().clone() for name, b in self.model.named_buffers()}
@@ -573,6 +579,7 @@ class ParetoExpansion(Method):
             "stage": self.stage,
             "seeding_steps_done": self.seeding_steps_done,
             "trunk": copy.deepcopy(self.trunk),
+            "trunk_optimizer": copy.deepcopy(self.trunk_optimizer),
             "points": [copy.deepcopy(asdict(p)) for p in self.points],
             "rays": [copy.deepcopy(asdict(r)) for r in self.rays],
             "queue": list(self.queue),
@@ -591,6 +598,7 @@ class ParetoExpansion(Method):
         self.stage = state["stage"]
         self.seeding_steps_done = state["seeding_steps_done"]
         self.trunk = copy.deepcopy(state["trunk"])
+        self.trunk_optimizer = copy.deepcopy(state["trunk_optimizer"])
         self.points = [ExplorationPoint(**p) for p in copy.deepcopy(state["points"])]
         self.rays = [_Ray(**r) for r in copy.deepcopy(state["rays"])]
         self.queue = deque(state["queue"])
