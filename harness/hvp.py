@@ -222,6 +222,16 @@ def build_hvp(
     raise ValueError(f"hvp variant must be one of {HVP_VARIANTS}, got {variant!r}")
 
 
+def _rng_devices(batch: Batch) -> list[torch.device]:
+    return [batch[0].device] if batch[0].is_cuda else []
+
+
+def _random_vector(model: nn.Module) -> Tensor:
+    """A random (N,) vector with the parameters' dtype and device."""
+    params = full_parameters(model)
+    return torch.randn(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+
+
 def _calibrate_hvp(engine: GradientEngine, batch: Batch, variant: HvpVariant) -> None:
     """Measure the FLOPs per sample of an HVP set-up and of one product, once per engine.
 
@@ -233,13 +243,13 @@ def _calibrate_hvp(engine: GradientEngine, batch: Batch, variant: HvpVariant) ->
     small = (batch[0][:size], batch[1][:size])
     weights = torch.full((engine.num_tasks,), 1.0 / engine.num_tasks, device=batch[0].device)
     holder: dict[str, Callable[[Tensor], Tensor]] = {}
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=_rng_devices(batch)):
 
         def setup() -> None:
             holder["apply"] = build_hvp(engine.model, engine.taskset, small, weights, variant)
 
         setup_flops = count_flops(setup)
-        vector = torch.randn(sum(p.numel() for p in full_parameters(engine.model)), device=batch[0].device)
+        vector = _random_vector(engine.model)
         apply_flops = count_flops(lambda: holder["apply"](vector))
     engine.costs.per_sample[HVP_SETUP_KIND] = setup_flops / size
     engine.costs.per_sample[HVP_KIND] = apply_flops / size
@@ -287,7 +297,7 @@ def time_hvp_variants(
     most one gradient graph is held at a time (large models).
     """
     device = batch[0].device
-    vector = torch.randn(sum(p.numel() for p in full_parameters(model)), device=device)
+    vector = _random_vector(model)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -325,7 +335,7 @@ def choose_hvp_variant(
     """
     key = _architecture_key(model)
     if key not in _VARIANT_CACHE:
-        with torch.random.fork_rng(devices=[batch[0].device] if batch[0].is_cuda else []):
+        with torch.random.fork_rng(devices=_rng_devices(batch)):
             seconds = time_hvp_variants(model, taskset, batch, weights, repeats=repeats)
         best: HvpVariant = "double_backward"
         for variant in HVP_VARIANTS:
