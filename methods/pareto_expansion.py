@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from mtlbench.harness.budget import BudgetExhausted
@@ -132,7 +132,7 @@ class ParetoExpansionParams(MethodParams):
     seed_steps: int | None = Field(None, ge=1)
     damping: float = Field(0.1, ge=0.0)
     minres_max_iterations: int = Field(50, ge=1)
-    minres_tolerance: float = Field(1e-5, gt=0.0)
+    minres_tolerance: float = Field(1e-5, gt=0.0, lt=1.0)
     minres_check_every: int = Field(5, ge=1)
     sample_size: int | None = Field(None, ge=1)
     step_size: float = Field(0.1, gt=0.0)
@@ -144,12 +144,6 @@ class ParetoExpansionParams(MethodParams):
     correction_tolerance: float = Field(1e-6, ge=0.0)
     hvp_variant: Literal["auto", "double_backward", "vjp_grad", "jvp_grad"] = "auto"
     samples_per_simplex: int = Field(3, ge=0)
-
-    @model_validator(mode="after")
-    def _tolerance_below_one(self) -> "ParetoExpansionParams":
-        if self.minres_tolerance >= 1.0:
-            raise ValueError("minres_tolerance must be < 1")
-        return self
 
 
 @dataclass
