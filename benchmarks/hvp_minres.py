@@ -54,9 +54,12 @@ def mlp_model(target_parameters: float) -> MultiTaskModel:
     # w^2 + (64 + 64 + 2) w + 64 = target
     width = max(8, int((-130 + math.sqrt(130**2 + 4 * target_parameters)) / 2))
     encoder = nn.Sequential(
-        nn.Linear(INPUT_FEATURES, width), nn.ReLU(),
-        nn.Linear(width, width), nn.ReLU(),
-        nn.Linear(width, REPRESENTATION), nn.ReLU(),
+        nn.Linear(INPUT_FEATURES, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, REPRESENTATION),
+        nn.ReLU(),
     )
     return MultiTaskModel(encoder, StackedMLPHeads(2, REPRESENTATION, CLASSES, hidden=None), 2)
 
@@ -65,12 +68,17 @@ class _Block(nn.Module):
     def __init__(self, fan_in: int, fan_out: int, stride: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(fan_in, fan_out, 3, stride, 1, bias=False), nn.BatchNorm2d(fan_out), nn.ReLU(),
-            nn.Conv2d(fan_out, fan_out, 3, 1, 1, bias=False), nn.BatchNorm2d(fan_out),
+            nn.Conv2d(fan_in, fan_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(fan_out),
+            nn.ReLU(),
+            nn.Conv2d(fan_out, fan_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(fan_out),
         )
         self.skip = nn.Sequential()
         if stride != 1 or fan_in != fan_out:
-            self.skip = nn.Sequential(nn.Conv2d(fan_in, fan_out, 1, stride, bias=False), nn.BatchNorm2d(fan_out))
+            self.skip = nn.Sequential(
+                nn.Conv2d(fan_in, fan_out, 1, stride, bias=False), nn.BatchNorm2d(fan_out)
+            )
 
     def forward(self, x):
         return torch.relu(self.body(x) + self.skip(x))
@@ -123,10 +131,14 @@ def measure(model: MultiTaskModel, batch, args, device: torch.device) -> dict[st
     product_seconds = {}
     for variant in args.variants:
         apply = build_hvp(model, taskset, batch, weights, variant)
-        product_seconds[variant] = _median_seconds(lambda: apply(vector), args.repeats, device)
+
+        def product(apply=apply) -> None:
+            apply(vector)
+
+        product_seconds[variant] = _median_seconds(product, args.repeats, device)
         row[f"{variant}_time_ratio"] = product_seconds[variant] / grad_seconds
-        row[f"{variant}_flop_ratio"] = count_flops(lambda: apply(vector)) / grad_flops
-        del apply
+        row[f"{variant}_flop_ratio"] = count_flops(product) / grad_flops
+        del apply, product
     chosen = min(product_seconds, key=product_seconds.get)  # type: ignore[arg-type]  # fastest
     row["chosen"] = chosen
 
@@ -137,8 +149,14 @@ def measure(model: MultiTaskModel, batch, args, device: torch.device) -> dict[st
         _, jacobian = full_jacobian(engine, batch)
         alpha = precise_min_norm_weights(jacobian @ jacobian.T).to(jacobian)
         operator = hessian_operator(engine, batch, alpha, chosen)  # type: ignore[arg-type]
-        result = minres(operator, jacobian[0], shift=args.damping, tolerance=args.tolerance,
-                        max_iterations=args.iterations, check_every=args.check_every)
+        result = minres(
+            operator,
+            jacobian[0],
+            shift=args.damping,
+            tolerance=args.tolerance,
+            max_iterations=args.iterations,
+            check_every=args.check_every,
+        )
         reports.append(result)
 
     solve_seconds = _median_seconds(tangent_solve, args.repeats, device)
@@ -164,7 +182,14 @@ def _scipy_ratio(model, taskset, batch, weights, variant, args, device) -> float
 
     def on_host(vector: np.ndarray) -> np.ndarray:
         product = apply(torch.from_numpy(np.asarray(vector, dtype=np.float32)).to(device))
-        return (product + args.damping * torch.from_numpy(np.asarray(vector, dtype=np.float32)).to(device)).cpu().numpy()
+        return (
+            (
+                product
+                + args.damping * torch.from_numpy(np.asarray(vector, dtype=np.float32)).to(device)
+            )
+            .cpu()
+            .numpy()
+        )
 
     operator = scipy.sparse.linalg.LinearOperator((count, count), matvec=on_host, dtype=np.float32)
 
@@ -172,17 +197,30 @@ def _scipy_ratio(model, taskset, batch, weights, variant, args, device) -> float
         scipy.sparse.linalg.minres(operator, rhs.cpu().numpy(), rtol=1e-30, maxiter=iterations)
 
     def with_torch() -> None:
-        minres(apply, rhs, shift=args.damping, tolerance=1e-30, max_iterations=iterations,
-               check_every=args.check_every)
+        minres(
+            apply,
+            rhs,
+            shift=args.damping,
+            tolerance=1e-30,
+            max_iterations=iterations,
+            check_every=args.check_every,
+        )
 
-    return _median_seconds(with_scipy, args.repeats, device) / _median_seconds(with_torch, args.repeats, device)
+    return _median_seconds(with_scipy, args.repeats, device) / _median_seconds(
+        with_torch, args.repeats, device
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["mlp", "resnet18"], default="mlp")
-    parser.add_argument("--sizes", type=float, nargs="+", default=[1e4, 1e5, 1e6, 1e7],
-                        help="target encoder parameter counts (mlp)")
+    parser.add_argument(
+        "--sizes",
+        type=float,
+        nargs="+",
+        default=[1e4, 1e5, 1e6, 1e7],
+        help="target encoder parameter counts (mlp)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-side", type=int, default=32, help="resnet18 input side")
     parser.add_argument("--iterations", type=int, default=10, help="MINRES iterations per solve")
@@ -197,13 +235,17 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     rows = []
-    builds = [("resnet18", resnet18_model)] if args.model == "resnet18" else [
-        (f"mlp~{size:.0e}", lambda size=size: mlp_model(size)) for size in args.sizes
-    ]
+    builds = (
+        [("resnet18", resnet18_model)]
+        if args.model == "resnet18"
+        else [(f"mlp~{size:.0e}", lambda size=size: mlp_model(size)) for size in args.sizes]
+    )
     for name, build in builds:
         model = build().to(device)
         if args.model == "resnet18":
-            inputs = torch.randn(args.batch_size, 3, args.image_side, args.image_side, device=device)
+            inputs = torch.randn(
+                args.batch_size, 3, args.image_side, args.image_side, device=device
+            )
             targets = torch.randint(0, 2, (args.batch_size, 2), device=device).float()
         else:
             inputs = torch.randn(args.batch_size, INPUT_FEATURES, device=device)
@@ -212,22 +254,45 @@ def main() -> None:
         row = measure(model, (inputs, targets), args, device)
         row["model"] = name
         rows.append(row)
-        print(f"  measured {name} ({row['parameters']:,} parameters) in {time.perf_counter() - started:.1f} s",
-              flush=True)
+        seconds = time.perf_counter() - started
+        print(
+            f"  measured {name} ({row['parameters']:,} parameters) in {seconds:.1f} s", flush=True
+        )
         del model
-    print(f"\ndevice {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
-          f"{torch.get_num_threads()} threads), batch {args.batch_size}, MINRES {args.iterations} "
-          f"iterations max, tolerance {args.tolerance}, damping {args.damping}, medians of {args.repeats}")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"\ndevice {device} ({device_name}, {torch.get_num_threads()} threads), batch "
+        f"{args.batch_size}, MINRES {args.iterations} iterations max, tolerance {args.tolerance}, "
+        f"damping {args.damping}, medians of {args.repeats}"
+    )
     ratio_headers = [f"{v} t/f" for v in args.variants]
-    headers = ["model", "params", "grad ms", *ratio_headers, "fastest", "solve ms", "ms/1M par",
-               "iters", "est res", "true res"] + (["scipy/torch"] if args.compare_scipy else [])
+    headers = [
+        "model",
+        "params",
+        "grad ms",
+        *ratio_headers,
+        "fastest",
+        "solve ms",
+        "ms/1M par",
+        "iters",
+        "est res",
+        "true res",
+    ] + (["scipy/torch"] if args.compare_scipy else [])
     print(" | ".join(headers))
     print(" | ".join("---" for _ in headers))
     for row in rows:
         cells = [row["model"], f"{row['parameters']:,}", f"{row['grad_ms']:.2f}"]
-        cells += [f"{row[f'{v}_time_ratio']:.2f} / {row[f'{v}_flop_ratio']:.2f}" for v in args.variants]
-        cells += [str(row["chosen"]), f"{row['solve_ms']:.1f}", f"{row['solve_ms_per_million']:.1f}",
-                  str(row["iterations"]), f"{row['estimated_residual']:.2e}", f"{row['true_residual']:.2e}"]
+        cells += [
+            f"{row[f'{v}_time_ratio']:.2f} / {row[f'{v}_flop_ratio']:.2f}" for v in args.variants
+        ]
+        cells += [
+            str(row["chosen"]),
+            f"{row['solve_ms']:.1f}",
+            f"{row['solve_ms_per_million']:.1f}",
+            str(row["iterations"]),
+            f"{row['estimated_residual']:.2e}",
+            f"{row['true_residual']:.2e}",
+        ]
         if args.compare_scipy:
             cells.append(f"{row['scipy_over_torch']:.2f}")
         print(" | ".join(cells))

@@ -45,7 +45,9 @@ CALIBRATION_SAMPLES = 8
 # Variant chosen per model architecture (class, parameter shapes, device, dtype), per process.
 _VARIANT_CACHE: dict[tuple, HvpVariant] = {}
 # The variant whose costs an engine's "hvp"/"hvp_setup" entries were measured for.
-_MEASURED_VARIANT: "weakref.WeakKeyDictionary[GradientEngine, HvpVariant]" = weakref.WeakKeyDictionary()
+_MEASURED_VARIANT: "weakref.WeakKeyDictionary[GradientEngine, HvpVariant]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 # ---- parameter vectors -------------------------------------------------------------------------
@@ -229,7 +231,9 @@ def _rng_devices(batch: Batch) -> list[torch.device]:
 def _random_vector(model: nn.Module) -> Tensor:
     """A random (N,) vector with the parameters' dtype and device."""
     params = full_parameters(model)
-    return torch.randn(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+    return torch.randn(
+        sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device
+    )
 
 
 def _calibrate_hvp(engine: GradientEngine, batch: Batch, variant: HvpVariant) -> None:

@@ -92,7 +92,7 @@ def _minres_cycle(
     iterations = torch.zeros((), dtype=torch.long, device=rhs.device)
     threshold = tolerance * rhs_norm
     for ran in range(1, max_iterations + 1):
-        # Lanczos step: p = A v_k - beta_k v_{k-1}; alpha_k = v_k . p; beta_{k+1} = ||p - alpha v_k||
+        # Lanczos: p = A v_k - beta_k v_{k-1}; alpha_k = v_k . p; beta_{k+1} = ||p - alpha_k v_k||
         p = apply(v)
         products += 1
         p.addcmul_(v_previous, beta, value=-1)

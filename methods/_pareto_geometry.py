@@ -67,7 +67,7 @@ def tangent_codes(num_tasks: int, random_count: int, generator: torch.Generator)
 
 
 def _cyclic_order(codes: Tensor) -> list[int]:
-    """Order of 3-task codes by angle around (1, 1, 1) (their projections on the plane ⟂ to it)."""
+    """Order of 3-task codes by angle around (1, 1, 1), in the plane orthogonal to it."""
     first = torch.tensor([1.0, -1.0, 0.0], dtype=codes.dtype) / math.sqrt(2)
     second = torch.tensor([1.0, 1.0, -2.0], dtype=codes.dtype) / math.sqrt(6)
     angles = torch.atan2(codes @ second, codes @ first)
@@ -176,17 +176,14 @@ def merge_local_fronts(fronts: list[LocalFront], images: dict[int, Tensor]) -> l
     for members in groups.values():
         points = list(dict.fromkeys(p for m in members for p in fronts[m].points()))
         group_images = [images[p] for p in points if p in images]
-
-        def is_dominated(point: int) -> bool:
-            if point not in images:
-                return False
-            return any(dominates(other, images[point]) for other in group_images)
-
+        dominated = {
+            p for p in points if p in images and any(dominates(o, images[p]) for o in group_images)
+        }
         simplices = [
             simplex
             for m in members
             for simplex in fronts[m].simplices()
-            if not all(is_dominated(p) for p in simplex)
+            if not all(p in dominated for p in simplex)
         ]
         merged.append(MergedFront(members, simplices, points))
     return merged

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from mtlbench.harness.budget import BudgetExhausted
 from mtlbench.harness.gradients import Batch, GradientEngine
 from mtlbench.harness.hvp import (
+    HVP_VARIANTS,
     HvpVariant,
     choose_hvp_variant,
     full_jacobian,
@@ -316,7 +317,9 @@ class ParetoExpansion(Method):
             self.trunk_optimizer = copy.deepcopy(self.optimizer.state_dict())
         else:
             seed = self.stage - 1
-            self.points.append(ExplorationPoint(parameter_vector(self.model), self._buffers(), seed))
+            self.points.append(
+                ExplorationPoint(parameter_vector(self.model), self._buffers(), seed)
+            )
         self.stage += 1
         if self.stage > self.params.num_seeds:
             self.phase = "expansion"
@@ -460,12 +463,18 @@ class ParetoExpansion(Method):
         return log
 
     def _solve_log(self, result: MinresResult, alpha: Tensor | None, kkt: float) -> StepLog:
-        weights = alpha if alpha is not None else torch.full((self.num_tasks,), 1.0 / self.num_tasks)
+        weights = (
+            alpha if alpha is not None else torch.full((self.num_tasks,), 1.0 / self.num_tasks)
+        )
         return {
             "weights": weights.detach().float().cpu(),
             "minres_iterations": torch.tensor(float(result.iterations)),
             "minres_residual": torch.tensor(result.true_residual),
             "kkt_residual": torch.tensor(kkt),
+            # which HVP variant ran: its index in harness.hvp.HVP_VARIANTS (logs hold numbers)
+            "hvp_variant": torch.tensor(
+                float(HVP_VARIANTS.index(self.hvp_variant or "double_backward"))
+            ),
         }
 
     def _accept(self, ray: _Ray, point: ExplorationPoint) -> None:
@@ -537,8 +546,11 @@ class ParetoExpansion(Method):
                 tuple(float(w) for w in self._stage_weights()),
             )
         for point in self.points:
-            yield Solution(point.label, _PointModel(scratch, point.parameters, point.buffers),
-                           self._coordinates([point], [1.0], point))
+            yield Solution(
+                point.label,
+                _PointModel(scratch, point.parameters, point.buffers),
+                self._coordinates([point], [1.0], point),
+            )
         images = {i: p.image for i, p in enumerate(self.points) if p.image is not None}
         for group, merged in enumerate(merge_local_fronts(self.local_fronts(), images)):
             for simplex in merged.simplices:
@@ -561,7 +573,7 @@ class ParetoExpansion(Method):
         alphas = [v.alpha for v in vertices]
         if any(a is None for a in alphas):
             return tuple(self.preferences[min(fallback.seed, len(self.preferences) - 1)].tolist())
-        mixed = sum(w * a.double().cpu() for w, a in zip(weights, alphas))  # type: ignore[union-attr]
+        mixed = sum(w * a.double().cpu() for w, a in zip(weights, alphas))  # type: ignore
         return tuple(float(c) for c in mixed)
 
     # ---- checkpoints -----------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def zdt2_batch(size: int = 4) -> tuple[Tensor, Tensor]:
 
 
 def distance_to_front(points: Tensor, resolution: int = 20001) -> Tensor:
-    """Euclidean distance of objective vectors (n, 2) to the true front f2 = 1 - f1², f1 ∈ [0, 1]."""
+    """Euclidean distance of objective vectors (n, 2) to the front f2 = 1 - f1², f1 ∈ [0, 1]."""
     f1 = torch.linspace(0.0, 1.0, resolution, dtype=torch.float64)
     curve = torch.stack([f1, 1 - f1**2], dim=1)
     return torch.cdist(points.to(torch.float64), curve).min(dim=1).values

@@ -90,7 +90,9 @@ def test_full_jacobian_matches_jacrev_and_is_charged() -> None:
     losses, jacobian = full_jacobian(engine, batch)
     names = full_parameter_names(model)
     primals = {n: p.detach() for n, p in zip(names, full_parameters(model))}
-    rows = jacrev(lambda p: taskset.losses(functional_call(model, p, (batch[0],)), batch[1]))(primals)
+    rows = jacrev(lambda p: taskset.losses(functional_call(model, p, (batch[0],)), batch[1]))(
+        primals
+    )
     expected = torch.cat([rows[n].reshape(3, -1) for n in names], dim=1)
     assert torch.allclose(jacobian, expected, atol=1e-10)
     assert torch.allclose(losses, taskset.losses(model(batch[0]), batch[1]))
@@ -132,7 +134,16 @@ def test_hvp_variant_choice_is_cached_per_architecture() -> None:
     weights = torch.full((3,), 1 / 3, dtype=torch.float64)
     first = choose_hvp_variant(model, taskset, batch, weights, repeats=1)
     assert first in HVP_VARIANTS
-    assert len([k for k in _VARIANT_CACHE if k[1] == tuple(tuple(p.shape) for p in full_parameters(model))]) == 1
+    assert (
+        len(
+            [
+                k
+                for k in _VARIANT_CACHE
+                if k[1] == tuple(tuple(p.shape) for p in full_parameters(model))
+            ]
+        )
+        == 1
+    )
     other_model, _, _ = _double_tiny()
     assert choose_hvp_variant(other_model, taskset, batch, weights, repeats=1) == first
 
@@ -156,8 +167,10 @@ def _indefinite_system(size: int = 40, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     basis, _ = torch.linalg.qr(torch.randn(size, size, generator=generator, dtype=torch.float64))
     eigenvalues = torch.cat(
-        [torch.linspace(-4.0, -0.5, size // 3, dtype=torch.float64),
-         torch.linspace(0.3, 6.0, size - size // 3, dtype=torch.float64)]
+        [
+            torch.linspace(-4.0, -0.5, size // 3, dtype=torch.float64),
+            torch.linspace(0.3, 6.0, size - size // 3, dtype=torch.float64),
+        ]
     )
     matrix = basis @ torch.diag(eigenvalues) @ basis.T
     rhs = torch.randn(size, generator=generator, dtype=torch.float64)
@@ -167,7 +180,9 @@ def _indefinite_system(size: int = 40, seed: int = 0):
 @pytest.mark.parametrize("check_every", [1, 5, 7])
 def test_minres_solves_symmetric_indefinite_system(check_every: int) -> None:
     matrix, rhs = _indefinite_system()
-    result = minres(lambda v: matrix @ v, rhs, tolerance=1e-10, max_iterations=200, check_every=check_every)
+    result = minres(
+        lambda v: matrix @ v, rhs, tolerance=1e-10, max_iterations=200, check_every=check_every
+    )
     expected = np.linalg.solve(matrix.numpy(), rhs.numpy())
     assert np.allclose(result.solution.numpy(), expected, atol=1e-8)
     assert result.converged and result.true_residual < 1e-9
@@ -182,10 +197,14 @@ def test_minres_with_shift_and_iterates_match_scipy() -> None:
     assert np.allclose(shifted.solution.numpy(), expected, atol=1e-8)
     for iterations in (3, 12):  # truncated runs: the same Krylov iterate as scipy's MINRES
         ours = minres(lambda v: matrix @ v, rhs, tolerance=1e-14, max_iterations=iterations)
-        theirs, _ = scipy.sparse.linalg.minres(matrix.numpy(), rhs.numpy(), rtol=1e-14, maxiter=iterations)
+        theirs, _ = scipy.sparse.linalg.minres(
+            matrix.numpy(), rhs.numpy(), rtol=1e-14, maxiter=iterations
+        )
         assert ours.iterations == iterations and not ours.converged
         assert np.allclose(ours.solution.numpy(), theirs, atol=1e-10)
-        residual = np.linalg.norm(rhs.numpy() - matrix.numpy() @ theirs) / np.linalg.norm(rhs.numpy())
+        residual = np.linalg.norm(rhs.numpy() - matrix.numpy() @ theirs) / np.linalg.norm(
+            rhs.numpy()
+        )
         assert abs(ours.true_residual - residual) < 1e-10
 
 
@@ -201,9 +220,15 @@ def test_preference_grid_and_tangent_codes() -> None:
     grid = preference_grid(2, 5)
     assert torch.allclose(grid[:, 0], torch.arange(1, 6, dtype=torch.float64) / 6)
     three = preference_grid(3, 3)
-    assert three.shape == (3, 3) and (three > 0).all() and torch.allclose(three.sum(1), torch.ones(3, dtype=torch.float64))
+    assert (
+        three.shape == (3, 3)
+        and (three > 0).all()
+        and torch.allclose(three.sum(1), torch.ones(3, dtype=torch.float64))
+    )
     codes = tangent_codes(3, 4, torch.Generator().manual_seed(0))
-    assert codes.shape == (6, 3) and {tuple(c) for c in codes.tolist()}.isdisjoint({(1, 1, 1), (0, 0, 0)})
+    assert codes.shape == (6, 3) and {tuple(c) for c in codes.tolist()}.isdisjoint(
+        {(1, 1, 1), (0, 0, 0)}
+    )
     for first, second in zip(codes, codes.roll(-1, dims=0)):  # neighbours differ in one bit
         assert int((first != second).sum()) == 1
     assert torch.equal(tangent_codes(2, 4, torch.Generator()), torch.eye(2, dtype=torch.float64))
@@ -222,9 +247,14 @@ def test_local_fronts_merge_where_images_meet() -> None:
     """Fronts A and B overlap along the curve f2 = 1 - f1 (merged; B's dominated end dropped);
     C lies apart (its own front)."""
     images = {
-        0: [0.20, 0.80], 1: [0.30, 0.70], 2: [0.40, 0.60],  # A: seed 0, one ray
-        3: [0.35, 0.65], 4: [0.45, 0.60], 5: [0.50, 0.62],  # B: seed 3; 4 and 5 dominated by 2
-        6: [0.90, 0.10], 7: [0.95, 0.05],  # C: far away
+        0: [0.20, 0.80],
+        1: [0.30, 0.70],
+        2: [0.40, 0.60],  # A: seed 0, one ray
+        3: [0.35, 0.65],
+        4: [0.45, 0.60],
+        5: [0.50, 0.62],  # B: seed 3; 4 and 5 dominated by 2
+        6: [0.90, 0.10],
+        7: [0.95, 0.05],  # C: far away
     }
     images_t = {k: torch.tensor(v, dtype=torch.float64) for k, v in images.items()}
     fronts = [LocalFront(0, [[0, 1, 2]]), LocalFront(3, [[3, 4, 5]]), LocalFront(6, [[6, 7]])]
@@ -245,17 +275,29 @@ def test_three_task_local_front_has_triangles_between_neighbouring_rays() -> Non
     assert len(simplices) == 5 + 3 + 2  # segments, depth-1 triangles, the split quad
 
 
-# ---- the method on the ZDT2 variant ----------------------------------------------------------------
+# ---- the method on the ZDT2 variant ------------------------------------------------------------
 def _explore_zdt2() -> ParetoExpansion:
     """MGDA seed near the Pareto set, then expansion with correction until every ray stops."""
     start = torch.tensor(
-        [-math.pi + 0.3, 1.05 * math.sqrt(math.pi) * math.cos(0.5), 1.05 * math.sqrt(math.pi) * math.sin(0.5)]
+        [
+            -math.pi + 0.3,
+            1.05 * math.sqrt(math.pi) * math.cos(0.5),
+            1.05 * math.sqrt(math.pi) * math.sin(0.5),
+        ]
     )
     model, taskset, batch = zdt2_model(start), zdt2_taskset(), zdt2_batch()
     params = ParetoExpansionParams(
-        seeding="mgda", num_seeds=1, seed_steps=50, damping=0.1, step_size=0.1,
-        steps_per_direction=40, correction_steps=30, correction_tolerance=1e-9,
-        minres_max_iterations=5, minres_check_every=1, samples_per_simplex=2,
+        seeding="mgda",
+        num_seeds=1,
+        seed_steps=50,
+        damping=0.1,
+        step_size=0.1,
+        steps_per_direction=40,
+        correction_steps=30,
+        correction_tolerance=1e-9,
+        minres_max_iterations=5,
+        minres_check_every=1,
+        samples_per_simplex=2,
     )
     training = TrainingConfig(batch_size=4, optimizer="sgd", lr=0.05, momentum=0.0)
     method = ParetoExpansion(params, model, taskset, training)
@@ -305,18 +347,29 @@ def test_zdt2_continuous_front_samples_lie_on_the_front(zdt2_method) -> None:
     assert np.all(np.diff(f1) <= 1e-6) or np.all(np.diff(f1) >= -1e-6)
 
 
-# ---- the method in the harness --------------------------------------------------------------------
+# ---- the method in the harness -----------------------------------------------------------------
 def test_pareto_expansion_passes_the_shared_property_checks_while_expanding() -> None:
     check_method_properties(
         "pareto_expansion",
-        {"num_seeds": 1, "seed_budget_fraction": 0.3, "minres_max_iterations": 2,
-         "minres_check_every": 1, "hvp_variant": "double_backward"},
+        {
+            "num_seeds": 1,
+            "seed_budget_fraction": 0.3,
+            "minres_max_iterations": 2,
+            "minres_check_every": 1,
+            "hvp_variant": "double_backward",
+        },
     )
 
 
 def test_expansion_on_three_tasks_charges_every_product() -> None:
-    params = {"num_seeds": 2, "seed_budget_fraction": 0.4, "minres_max_iterations": 4,
-              "minres_check_every": 2, "steps_per_direction": 2, "samples_per_simplex": 1}
+    params = {
+        "num_seeds": 2,
+        "seed_budget_fraction": 0.4,
+        "minres_max_iterations": 4,
+        "minres_check_every": 2,
+        "steps_per_direction": 2,
+        "samples_per_simplex": 1,
+    }
     method, budget, logs = train_tiny("pareto_expansion", params, budget_steps=300)
     assert len(method.reports) >= 6 and len(method.points) > 2
     # every product of the finished solves was charged, plus those of the solve the budget cut
@@ -335,8 +388,12 @@ def test_expansion_on_three_tasks_charges_every_product() -> None:
 
 
 def test_state_dict_round_trip_restores_the_front() -> None:
-    params = {"num_seeds": 1, "seed_budget_fraction": 0.4, "minres_max_iterations": 3,
-              "steps_per_direction": 2}
+    params = {
+        "num_seeds": 1,
+        "seed_budget_fraction": 0.4,
+        "minres_max_iterations": 3,
+        "steps_per_direction": 2,
+    }
     method, _, _ = train_tiny("pareto_expansion", params, budget_steps=200)
     clone, _, _ = train_tiny("pareto_expansion", params, budget_steps=5)
     clone.load_state_dict(method.state_dict())
