@@ -10,6 +10,7 @@ the suite marks such stale runs KILLED before it starts anything.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -35,6 +36,8 @@ class Tracker:
     """Writes a suite's runs into one MLflow experiment named after the suite."""
 
     def __init__(self, results_dir: Path, suite_name: str, tracking_uri: str | None = None):
+        for noisy in ("mlflow", "alembic"):  # schema-migration chatter on a new SQLite store
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         self.tracking_uri = tracking_uri or default_tracking_uri(results_dir)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.suite_name = suite_name
