@@ -401,3 +401,27 @@ def test_front_on_two_quadratics_is_non_dominated_and_spread() -> None:
     assert igd_plus < igd_plus_exact + 0.005
     assert share.min() < 0.02 and share.max() > 0.98
     assert gaps.max() < 0.13
+
+
+# ---- through the trainer ----------------------------------------------------------------------------
+def test_trainer_runs_pml_with_best_val_scoring() -> None:
+    from mtlbench.harness.config import parse_suite
+    from mtlbench.harness.suite import expand_suite
+    from mtlbench.harness.trainer import train_run
+
+    suite = {
+        "name": "tiny-pml",
+        "datasets": [{"name": "multidigits", "params": {"train_pairs": 256, "val_pairs": 64, "test_pairs": 64}}],
+        "methods": [{"name": "pml", "params": {"preset": "multidigits"}}],
+        "budget": {"flops": 1.5e9},
+        "training": {"batch_size": 32, "log_every": 2, "eval_every": 4},
+        "scoring": "best_val",
+    }
+    (spec,) = expand_suite(parse_suite(suite))
+    result = train_run(spec)
+    assert result.status == "completed", result.error
+    assert result.stop_reason == "budget" and result.budget["budget_spent"] <= spec.budget_limit
+    coordinates = np.array([s.coordinates for s in result.solutions])
+    np.testing.assert_allclose(coordinates, [[k / 10, 1 - k / 10] for k in range(11)])
+    assert any(s.on_front for s in result.solutions)
+    assert {"weights/left", "weights/right", "ordering_penalty"} <= set(result.history[0])
