@@ -320,14 +320,15 @@ def test_checkpoint_restores_the_alpha_stream() -> None:
 
 
 @pytest.mark.parametrize(
-    "params",
+    "params, engine",
     [
-        {"window": 3, "regularization": 1.0, "inner": "gradnorm"},
-        {"window": 2, "regularization": 5.0, "ordering": "reference"},
+        ({"window": 3, "regularization": 1.0, "inner": "gradnorm"}, "loop"),
+        ({"window": 2, "regularization": 5.0, "ordering": "reference"}, "loop"),
+        ({"window": 2, "regularization": 1.0, "inner": "gradnorm"}, "batched"),
     ],
 )
-def test_shared_property_checks(params: dict) -> None:
-    check_method_properties("pml", params)
+def test_shared_property_checks(params: dict, engine: str) -> None:
+    check_method_properties("pml", params, engine=engine)
 
 
 # ---- the analytic two-objective problem -----------------------------------------------------------
