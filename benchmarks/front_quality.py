@@ -40,7 +40,9 @@ def main() -> None:
     parser.add_argument("--suite", default=str(ROOT / "suites" / "quickstart.yaml"))
     parser.add_argument("--dataset", default="multidigits")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply the suite's budget")
+    parser.add_argument(
+        "--budget-scale", type=float, default=1.0, help="multiply the suite's budget"
+    )
     args = parser.parse_args()
 
     suite = load_suite(args.suite)
@@ -66,7 +68,9 @@ def main() -> None:
         scoring="final",
         device="cpu",
     )
-    print(f"dataset {args.dataset}, budget {budget:.3g} {suite.budget.kind}, training {suite.training.model_dump()}")
+    print(
+        f"dataset {args.dataset}, budget {budget:.3g} {suite.budget.kind}, training {suite.training.model_dump()}"
+    )
     rows = []
     for seed in args.seeds:
         pml = run_or_fail(replace(base, seed=seed))
@@ -105,7 +109,9 @@ def main() -> None:
     if len(rows) > 1:
         pml_mean = statistics.mean(r[0] for r in rows)
         ew_mean = statistics.mean(r[1] for r in rows)
-        print(f"mean over {len(rows)} seeds: PML {pml_mean:.4f} | EW × N {ew_mean:.4f} | ratio {pml_mean / ew_mean:.3f}")
+        print(
+            f"mean over {len(rows)} seeds: PML {pml_mean:.4f} | EW × N {ew_mean:.4f} | ratio {pml_mean / ew_mean:.3f}"
+        )
 
 
 if __name__ == "__main__":

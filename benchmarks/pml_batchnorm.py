@@ -54,7 +54,9 @@ def main() -> None:
     taskset = dataset_cls.taskset(dataset.params)
     pml_cls = METHODS.get("pml")
     device = torch.device("cpu")
-    print(f"budget {suite.budget.limit:.3g} {suite.budget.kind}; recalibration on the last {args.recalibration_batches} batches")
+    print(
+        f"budget {suite.budget.limit:.3g} {suite.budget.kind}; recalibration on the last {args.recalibration_batches} batches"
+    )
     for seed in args.seeds:
         seed_everything(seed)
         params = pml_cls.Params(bn_recalibration_batches=args.recalibration_batches)
@@ -75,8 +77,13 @@ def main() -> None:
         recalibrated_views = [s.model for s in method.solutions()]
         shared_views = [method.model.at(point) for point in points]
         fronts = {}
-        for name, views in (("shared statistics", shared_views), ("recalibrated per α", recalibrated_views)):
-            fronts[name] = np.array([evaluate_model(v, taskset, splits.test, device)[2] for v in views])
+        for name, views in (
+            ("shared statistics", shared_views),
+            ("recalibrated per α", recalibrated_views),
+        ):
+            fronts[name] = np.array(
+                [evaluate_model(v, taskset, splits.test, device)[2] for v in views]
+            )
         print(f"seed {seed}: {steps} steps")
         for name, front in fronts.items():
             value = hypervolume(front, taskset.hv_reference).value

@@ -26,7 +26,7 @@ on the stacked member parameters.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -50,12 +50,18 @@ def reinitialised_copy(module: nn.Module) -> nn.Module:
     """
     fresh = copy.deepcopy(module)
     resettable = {
-        name for name, submodule in fresh.named_modules() if callable(getattr(submodule, "reset_parameters", None))
+        name
+        for name, submodule in fresh.named_modules()
+        if callable(getattr(submodule, "reset_parameters", None))
     }
     for name, submodule in fresh.named_modules():
         if not any(p is not None for p in submodule._parameters.values()):
             continue
-        ancestry = [".".join(name.split(".")[:depth]) for depth in range(name.count(".") + 2)] if name else [""]
+        ancestry = (
+            [".".join(name.split(".")[:depth]) for depth in range(name.count(".") + 2)]
+            if name
+            else [""]
+        )
         if not resettable.intersection(ancestry):
             raise TypeError(
                 f"{type(submodule).__name__} at {name or '<root>'!r} has parameters but neither it "
@@ -98,7 +104,9 @@ class EnsembleMembers(nn.Module):
             if {n: tuple(p.shape) for n, p in own.items()} != {
                 n: tuple(p.shape) for n, p in reference.items()
             }:
-                raise ValueError(f"member {index} does not have member 0's parameter names and shapes")
+                raise ValueError(
+                    f"member {index} does not have member 0's parameter names and shapes"
+                )
             for name in reference:
                 stacked.setdefault(name, []).append(own[name].detach())
         self.names = list(reference)
@@ -119,7 +127,9 @@ class EnsembleMembers(nn.Module):
         self.num_members = len(parts)
         first = next(iter(self.members.values()), None)
         dtype = first.dtype if first is not None else torch.get_default_dtype()
-        self.register_buffer("alpha", torch.full((len(parts),), 1.0 / len(parts), dtype=dtype), persistent=False)
+        self.register_buffer(
+            "alpha", torch.full((len(parts),), 1.0 / len(parts), dtype=dtype), persistent=False
+        )
 
     def stacked(self, name: str) -> nn.Parameter:
         """The ``(M, *shape)`` parameter holding every member's value of ``name``."""
@@ -162,7 +172,7 @@ class EnsembleModel(MultiTaskModel):
         self.num_members = len(members)
 
     @classmethod
-    def reinitialised(cls, model: MultiTaskModel, num_members: int) -> "EnsembleModel":
+    def reinitialised(cls, model: MultiTaskModel, num_members: int) -> EnsembleModel:
         """Member 0 is ``model``'s current weights; members 1.. are fresh initialisations."""
         if num_members < 1:
             raise ValueError(f"num_members must be >= 1, got {num_members}")
@@ -170,7 +180,7 @@ class EnsembleModel(MultiTaskModel):
         return cls([model, *others])
 
     @classmethod
-    def from_builder(cls, build: Callable[[], MultiTaskModel], num_members: int) -> "EnsembleModel":
+    def from_builder(cls, build: Callable[[], MultiTaskModel], num_members: int) -> EnsembleModel:
         """Members from ``num_members`` calls of ``build`` (each a fresh initialisation)."""
         return cls([build() for _ in range(num_members)])
 
@@ -183,7 +193,9 @@ class EnsembleModel(MultiTaskModel):
         reference = self.encoder.alpha
         alpha = torch.as_tensor(alpha, dtype=reference.dtype, device=reference.device)
         if alpha.shape != (self.num_members,):
-            raise ValueError(f"alpha must have shape ({self.num_members},), got {tuple(alpha.shape)}")
+            raise ValueError(
+                f"alpha must have shape ({self.num_members},), got {tuple(alpha.shape)}"
+            )
         return alpha
 
     def set_alpha(self, alpha: Tensor | Sequence[float]) -> None:
@@ -202,7 +214,7 @@ class EnsembleModel(MultiTaskModel):
         z = self.encoder(x, alpha=alpha, buffers=encoder_buffers)
         return self.heads(z, alpha=alpha, buffers=heads_buffers)
 
-    def at(self, alpha: Tensor | Sequence[float], buffers: Buffers | None = None) -> "AlphaView":
+    def at(self, alpha: Tensor | Sequence[float], buffers: Buffers | None = None) -> AlphaView:
         """A module computing this ensemble at a fixed α (and, optionally, its own buffers)."""
         return AlphaView(self, self._as_alpha(alpha).clone(), buffers)
 

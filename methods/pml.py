@@ -55,8 +55,9 @@ samples; ``ordering_penalty`` the value of R (W ≥ 2).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -203,7 +204,9 @@ class ParetoManifoldLearning(Method):
     def sample_alphas(self, device: torch.device | str = "cpu") -> Tensor:
         """W points of the simplex ~ Dirichlet(p·1): (W, T) float32."""
         settings = self.settings
-        draws = self.alpha_rng.dirichlet(np.full(len(self.taskset), settings.concentration), settings.window)
+        draws = self.alpha_rng.dirichlet(
+            np.full(len(self.taskset), settings.concentration), settings.window
+        )
         return torch.as_tensor(draws, dtype=torch.float32).to(device)
 
     def step(self, batch: Batch, engine: GradientEngine) -> StepLog:
@@ -262,7 +265,11 @@ class ParetoManifoldLearning(Method):
         recalibrate = bool(self.recent_batches)
         for point in self.evaluation_points():
             coordinates = tuple(float(value) for value in point)
-            buffers = self.model.recalibrated_buffers(point, list(self.recent_batches)) if recalibrate else None
+            buffers = (
+                self.model.recalibrated_buffers(point, list(self.recent_batches))
+                if recalibrate
+                else None
+            )
             label = "alpha=" + ",".join(f"{value:.3f}" for value in coordinates)
             yield Solution(label, self.model.at(point, buffers), coordinates)
 

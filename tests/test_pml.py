@@ -75,7 +75,11 @@ def test_vertex_equals_member_exactly(heads: str) -> None:
             assert torch.equal(combined[name], value), name
         # same buffers (the ensemble's shared ones) in both, then bitwise equal outputs
         member.load_state_dict(
-            {n.replace(".template", ""): b for n, b in ensemble.state_dict().items() if ".template." in n},
+            {
+                n.replace(".template", ""): b
+                for n, b in ensemble.state_dict().items()
+                if ".template." in n
+            },
             strict=False,
         )
         member.eval(), ensemble.eval()
@@ -110,7 +114,9 @@ def test_identical_members_round_trip_the_base_model() -> None:
         torch.testing.assert_close(ensemble(inputs), reference(inputs), rtol=1e-5, atol=1e-6)
     # the engine's split view (encoder, then heads on z) is the same function
     with torch.no_grad():
-        torch.testing.assert_close(ensemble.heads(ensemble.encoder(inputs)), reference(inputs), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            ensemble.heads(ensemble.encoder(inputs)), reference(inputs), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_parameters_are_stacked_per_member() -> None:
@@ -138,7 +144,9 @@ def test_reinitialisation_names_a_module_it_cannot_reset() -> None:
     model = MultiTaskModel(Scale(), StackedMLPHeads(2, 3, 2, hidden=None), 2)
     with pytest.raises(TypeError, match="Scale at 'encoder'"):
         EnsembleModel.reinitialised(model, 2)
-    built = EnsembleModel.from_builder(lambda: MultiTaskModel(Scale(), StackedMLPHeads(2, 3, 2, None), 2), 2)
+    built = EnsembleModel.from_builder(
+        lambda: MultiTaskModel(Scale(), StackedMLPHeads(2, 3, 2, None), 2), 2
+    )
     assert built.encoder.stacked("scale").shape == (2, 3)
 
 
@@ -160,7 +168,9 @@ def test_batchnorm_recalibration_matches_batch_statistics() -> None:
     with torch.no_grad():
         activations = [nn.functional.conv2d(x, weight, bias) for x, _ in batches]
     mean = torch.stack([a.mean(dim=(0, 2, 3)) for a in activations]).mean(dim=0)
-    variance = torch.stack([a.transpose(0, 1).flatten(1).var(dim=1) for a in activations]).mean(dim=0)
+    variance = torch.stack([a.transpose(0, 1).flatten(1).var(dim=1) for a in activations]).mean(
+        dim=0
+    )
     torch.testing.assert_close(buffers["encoder.template.1.running_mean"], mean)
     torch.testing.assert_close(buffers["encoder.template.1.running_var"], variance)
     # a view with these statistics computes as a plain model holding θ(α) and them
@@ -179,15 +189,21 @@ def test_batchnorm_recalibration_matches_batch_statistics() -> None:
 
 
 # ---- the method ------------------------------------------------------------------------------------
-def make_pml(params: dict, model: MultiTaskModel | None = None, taskset: TaskSet | None = None, lr=1e-2):
+def make_pml(
+    params: dict, model: MultiTaskModel | None = None, taskset: TaskSet | None = None, lr=1e-2
+):
     taskset = taskset or tiny_taskset(NUM_TASKS)
     model = model or tiny_model(NUM_TASKS)
     torch.manual_seed(0)
-    method = ParetoManifoldLearning(PMLParams(**params), model, taskset, TrainingConfig(batch_size=32, lr=lr))
+    method = ParetoManifoldLearning(
+        PMLParams(**params), model, taskset, TrainingConfig(batch_size=32, lr=lr)
+    )
     return method, taskset
 
 
-def direct_objective(method, taskset, batch, alphas, inner: str, regularization: float, ordering: str):
+def direct_objective(
+    method, taskset, batch, alphas, inner: str, regularization: float, ordering: str
+):
     """The PML objective by plain autograd on the ensemble (no engine, no detaching)."""
     inputs, targets = batch
     losses = torch.stack([taskset.losses(method.model(inputs, alpha=a), targets) for a in alphas])
@@ -197,7 +213,12 @@ def direct_objective(method, taskset, batch, alphas, inner: str, regularization:
             [
                 torch.stack(
                     [
-                        torch.cat([g.flatten() for g in torch.autograd.grad(loss, shared, retain_graph=True)]).norm()
+                        torch.cat(
+                            [
+                                g.flatten()
+                                for g in torch.autograd.grad(loss, shared, retain_graph=True)
+                            ]
+                        ).norm()
                         for loss in row
                     ]
                 )
@@ -245,7 +266,9 @@ def test_ordering_penalty_sign() -> None:
     )
     assert float(ordering_penalty(rising, alphas, 1.0, "reference")) == 0.0
     # temperature scales the rises: τ = 2 gives log((e² + e⁴)/2)
-    assert float(ordering_penalty(rising, alphas, 2.0)) == pytest.approx(math.log((math.exp(2) + math.exp(4)) / 2))
+    assert float(ordering_penalty(rising, alphas, 2.0)) == pytest.approx(
+        math.log((math.exp(2) + math.exp(4)) / 2)
+    )
 
 
 def test_one_step_charges_window_passes() -> None:
@@ -264,10 +287,19 @@ def test_one_step_charges_window_passes() -> None:
 def test_presets_and_overrides() -> None:
     method, _ = make_pml(dict(preset="utkface", window=5))
     settings = method.settings
-    assert (settings.window, settings.regularization, settings.concentration, settings.inner) == (5, 1.0, 2.0, "gradnorm")
+    assert (settings.window, settings.regularization, settings.concentration, settings.inner) == (
+        5,
+        1.0,
+        2.0,
+        "gradnorm",
+    )
     assert method.optimizer.param_groups[0]["lr"] == 1e-3
     default, _ = make_pml({}, lr=0.02)
-    assert (default.settings.window, default.settings.regularization, default.settings.concentration) == (4, 0.0, 1.0)
+    assert (
+        default.settings.window,
+        default.settings.regularization,
+        default.settings.concentration,
+    ) == (4, 0.0, 1.0)
     assert default.optimizer.param_groups[0]["lr"] == 0.02  # no preset: the suite's lr
     assert make_pml(dict(preset="multidigits"))[0].settings.window == 4
     with pytest.raises(ValueError, match="unknown preset"):
@@ -290,7 +322,9 @@ def test_evaluation_grid(num_tasks: int, count: int) -> None:
 def test_solutions_carry_alpha_and_recalibrated_statistics() -> None:
     taskset = TaskSet([TaskSpec(f"t{t}", "classification", CLASSES) for t in range(NUM_TASKS)])
     method, _ = make_pml(
-        dict(window=2, bn_recalibration_batches=2, grid_divisions=4), conv_bn_model("stacked"), taskset
+        dict(window=2, bn_recalibration_batches=2, grid_divisions=4),
+        conv_bn_model("stacked"),
+        taskset,
     )
     batches = [image_batch(seed) for seed in range(3)]
     engine = GradientEngine(method.model, taskset, Budget("flops", 1e30), batches[0])
@@ -412,7 +446,12 @@ def test_trainer_runs_pml_with_best_val_scoring() -> None:
 
     suite = {
         "name": "tiny-pml",
-        "datasets": [{"name": "multidigits", "params": {"train_pairs": 256, "val_pairs": 64, "test_pairs": 64}}],
+        "datasets": [
+            {
+                "name": "multidigits",
+                "params": {"train_pairs": 256, "val_pairs": 64, "test_pairs": 64},
+            }
+        ],
         "methods": [{"name": "pml", "params": {"preset": "multidigits"}}],
         "budget": {"flops": 1.5e9},
         "training": {"batch_size": 32, "log_every": 2, "eval_every": 4},
