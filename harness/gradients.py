@@ -86,6 +86,13 @@ def _accumulate(params: Sequence[nn.Parameter], grads: Sequence[Tensor | None]) 
         p.grad = g.detach() if p.grad is None else p.grad.add_(g)
 
 
+def _stochastic_or_stateful(module: nn.Module) -> bool:
+    """Whether rerunning ``module`` in training mode would draw new dropout masks or update
+    BatchNorm statistics (then its per-task rerun would not reproduce the step's forward)."""
+    kinds = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+    return module.training and any(isinstance(m, kinds) for m in module.modules())
+
+
 class GradientEngine:
     """The reference engine (``loop``): per-task gradients by T separate backward passes.
 
@@ -247,7 +254,6 @@ class GradientEngine:
     def representation_gradients(self, state: StepState) -> Tensor:
         """Per-task gradients of the losses w.r.t. z: (T, *z.shape). Cached on the state."""
         if state.representation_grads is None:
-            self.charge("heads_backward_input", state.batch_size, passes=self.num_tasks)
             state.representation_grads = self._representation_grads(state)
         return state.representation_grads
 
@@ -280,6 +286,8 @@ class GradientEngine:
 
     # ---- what subclasses change -------------------------------------------------------------
     def _representation_grads(self, state: StepState) -> Tensor:
+        """T backward passes through the heads (each charged), one per task."""
+        self.charge("heads_backward_input", state.batch_size, passes=self.num_tasks)
         rows = [
             torch.autograd.grad(state.task_losses[t], state.detached, retain_graph=True)[0]
             for t in range(self.num_tasks)
@@ -339,6 +347,20 @@ class BatchedEngine(GradientEngine):
         super().__init__(model, taskset, budget, calibration)
 
     def _representation_grads(self, state: StepState) -> Tensor:
+        """All T z-gradients from one heads pass when the heads have ``forward_per_task`` (head t
+        reads its own copy of z, so d(sum_t L_t)/d(copy t) = dL_t/dz: one heads forward and one
+        heads backward, charged as such) and no dropout or BatchNorm would make the rerun differ
+        from the step's forward; else T batched heads VJPs, charged T passes."""
+        per_task = getattr(self.model.heads, "forward_per_task", None)
+        if per_task is not None and not _stochastic_or_stateful(self.model.heads):
+            self.charge("heads_forward", state.batch_size)
+            self.charge("heads_backward_input", state.batch_size)
+            z = state.detached.detach()
+            copies = z.unsqueeze(0).expand(self.num_tasks, *z.shape).requires_grad_(True)
+            # a view, not the leaf, goes in (as in ``forward``: module hooks cannot watch a leaf)
+            losses = self.taskset.losses(per_task(copies.view_as(copies)), state.targets)
+            return torch.autograd.grad(losses.sum(), copies)[0]
+        self.charge("heads_backward_input", state.batch_size, passes=self.num_tasks)
         losses = state.task_losses
         eye = torch.eye(self.num_tasks, dtype=losses.dtype, device=losses.device)
         chunks = [

@@ -3,6 +3,11 @@
 Every dataset's default model is a :class:`MultiTaskModel`. The split at the representation
 ``z = encoder(x)`` is what the gradient engines use: shared parameters are the encoder's, task
 parameters the heads'; MGDA-UB differentiates with respect to ``z``.
+
+Heads may also offer ``forward_per_task(z_tasks)``, z_tasks: (T, *z.shape), where head t reads
+only ``z_tasks[t]`` (same outputs as ``forward`` when every slice is z). Then one backward of
+sum_t L_t gives all T per-task z-gradients at the cost of one heads backward, instead of T
+(the batched engines use it; both head classes here have it).
 """
 
 from __future__ import annotations
@@ -64,6 +69,14 @@ class StackedMLPHeads(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         hidden = torch.einsum("bi,tio->bto", z.flatten(1), self.weights[0]) + self.biases[0]
+        return self._after_first_layer(hidden)
+
+    def forward_per_task(self, z_tasks: Tensor) -> Tensor:
+        """Head t reads z_tasks[t]: (T, B, in) -> (B, T, out); same FLOPs as ``forward``."""
+        hidden = torch.einsum("tbi,tio->bto", z_tasks.flatten(2), self.weights[0]) + self.biases[0]
+        return self._after_first_layer(hidden)
+
+    def _after_first_layer(self, hidden: Tensor) -> Tensor:
         for weight, bias in zip(list(self.weights)[1:], list(self.biases)[1:]):
             hidden = torch.relu(hidden)
             hidden = torch.einsum("bti,tio->bto", hidden, weight) + bias
@@ -79,6 +92,10 @@ class SeparateHeads(nn.Module):
 
     def forward(self, z: Tensor) -> list[Tensor]:
         return [head(z) for head in self.heads]
+
+    def forward_per_task(self, z_tasks: Tensor) -> list[Tensor]:
+        """Head t reads z_tasks[t]: (T, B, ...) -> T outputs."""
+        return [head(z_tasks[t]) for t, head in enumerate(self.heads)]
 
 
 def count_parameters(module: nn.Module) -> int:

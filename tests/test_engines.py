@@ -41,7 +41,21 @@ def stacked_problem():
     return tiny_model(5, seed=3), tiny_taskset(5), batch
 
 
-PROBLEMS = {"stacked_heads_T5": stacked_problem, "separate_heads_T3": mixed_problem}
+def plain_heads_problem():
+    """Heads without ``forward_per_task`` (one Linear reshaped to (B, T, C)): the batched VJP path."""
+    torch.manual_seed(2)
+    encoder = nn.Sequential(nn.Linear(8, 10), nn.ReLU())
+    heads = nn.Sequential(nn.Linear(10, 4 * 3), nn.Unflatten(1, (4, 3)))
+    taskset = TaskSet([TaskSpec(f"t{t}", "classification", 3) for t in range(4)])
+    batch = (torch.randn(16, 8), torch.randint(0, 3, (16, 4)).float())
+    return MultiTaskModel(encoder, heads, 4), taskset, batch
+
+
+PROBLEMS = {
+    "stacked_heads_T5": stacked_problem,
+    "separate_heads_T3": mixed_problem,
+    "plain_heads_T4": plain_heads_problem,
+}
 
 
 def autograd_oracle(model: MultiTaskModel, taskset: TaskSet, batch, weights, head_weights):
@@ -219,3 +233,19 @@ def test_resume_keeps_the_warm_start() -> None:
     engine2 = get_engine("batched")(second.model, taskset, Budget("flops", 1e30), batches[0])
     for batch in batches[3:]:
         torch.testing.assert_close(first.step(batch, engine)["weights"], second.step(batch, engine2)["weights"])
+
+
+@pytest.mark.parametrize("engine_name", ["batched", "representation"])
+def test_dropout_heads_use_the_steps_own_forward(engine_name: str) -> None:
+    """Heads with dropout are not rerun per task: the z-gradients are those of the step's losses."""
+    torch.manual_seed(4)
+    heads = SeparateHeads([nn.Sequential(nn.Dropout(0.5), nn.Linear(6, 2)) for _ in range(3)])
+    model = MultiTaskModel(nn.Sequential(nn.Linear(8, 6), nn.ReLU()), heads, 3)
+    taskset = TaskSet([TaskSpec(f"t{t}", "classification", 2) for t in range(3)])
+    batch = (torch.randn(16, 8), torch.randint(0, 2, (16, 3)).float())
+    engine = get_engine(engine_name)(model, taskset, Budget("flops", 1e30), batch)
+    state = engine.forward(batch)
+    expected = torch.stack(
+        [torch.autograd.grad(loss, state.detached, retain_graph=True)[0] for loss in state.task_losses]
+    )
+    torch.testing.assert_close(engine.representation_gradients(state), expected)
