@@ -39,7 +39,9 @@ class _ResNet18(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+        )
         blocks, channels = [], 64
         for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             blocks += [_Block(channels, width, stride), _Block(width, width, 1)]

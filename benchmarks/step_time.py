@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import sys
 import time
@@ -39,9 +40,18 @@ from mtlbench.harness.registry import METHODS
 from mtlbench.harness.tasks import TaskSet, TaskSpec
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _models import resnet18_encoder  # noqa: E402
+from _models import resnet18_encoder  # noqa: E402 (after the path insert)
 
-DEFAULT_METHODS = ["ew", "ew_bare", "mgda", "mgda@loop", "mgda_ub", "marigold", "pml", "torchjd_mgda"]
+DEFAULT_METHODS = [
+    "ew",
+    "ew_bare",
+    "mgda",
+    "mgda@loop",
+    "mgda_ub",
+    "marigold",
+    "pml",
+    "torchjd_mgda",
+]
 Step = Callable[[], None]
 
 
@@ -53,14 +63,20 @@ def build_model(kind: str, side: int, tasks: int) -> MultiTaskModel:
     return MultiTaskModel(encoder, StackedMLPHeads(tasks, width, 2, hidden=None), tasks)
 
 
-def harness_step(name: str, model, taskset, batch, training, chunk_size) -> tuple[Step, Budget] | None:
+def harness_step(
+    name: str, model, taskset, batch, training, chunk_size
+) -> tuple[Step, Budget] | None:
     method_name, _, engine_name = name.partition("@")
     if method_name not in METHODS.names():
         return None
     method_cls = METHODS.get(method_name)
     method = method_cls(method_cls.Params(), model, taskset, training)
     engine_name = engine_name or method_cls.default_engine
-    options = {"chunk_size": chunk_size} if chunk_size and engine_name in ("batched", "representation") else {}
+    options = (
+        {"chunk_size": chunk_size}
+        if chunk_size and engine_name in ("batched", "representation")
+        else {}
+    )
     budget = Budget("flops", 1e30)
     engine = get_engine(engine_name)(method.model, taskset, budget, batch, **options)
     return (lambda: method.step(batch, engine)), budget
@@ -185,7 +201,9 @@ def main() -> None:
         args.methods = ["ew", *args.methods]
     if not cuda:
         torch.set_num_threads(args.threads)
-    where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} thread(s)"
+    where = (
+        torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} thread(s)"
+    )
     print(
         f"{args.model} encoder, {args.side}×{args.side} inputs, batch {args.batch_size}, binary heads; "
         f"{where}; torch {torch.__version__}; median of {args.blocks} blocks × {args.steps} steps"
@@ -194,7 +212,7 @@ def main() -> None:
         print(f"\nT = {tasks}")
         print(f"  {'method':<16}{'step ms':>10}{'time / EW':>11}{'FLOPs / EW':>12}")
         for name, seconds, ratio, flops_ratio in run_tasks(args, tasks, device):
-            flops = f"{flops_ratio:12.2f}" if flops_ratio == flops_ratio else f"{'-':>12}"
+            flops = f"{flops_ratio:12.2f}" if not math.isnan(flops_ratio) else f"{'-':>12}"
             print(f"  {name:<16}{1e3 * seconds:10.2f}{ratio:11.2f}{flops}")
 
 

@@ -103,7 +103,12 @@ class GradientEngine:
     name: ClassVar[str] = "loop"
 
     def __init__(
-        self, model: MultiTaskModel, taskset: TaskSet, budget: Budget, calibration: Batch, **options: Any
+        self,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        budget: Budget,
+        calibration: Batch,
+        **options: Any,
     ):
         if options:
             raise TypeError(f"engine {self.name!r} takes no options, got {sorted(options)}")
@@ -198,7 +203,9 @@ class GradientEngine:
         task_losses = self.taskset.losses(outputs, targets)
         return StepState(inputs, targets, representation, detached, outputs, task_losses)
 
-    def backward(self, state: StepState, weights: Tensor, head_weights: Tensor | None = None) -> None:
+    def backward(
+        self, state: StepState, weights: Tensor, head_weights: Tensor | None = None
+    ) -> None:
         """Accumulate the gradient of sum_t w_t L_t into every parameter's ``.grad``.
 
         weights: (T,) task weights for the shared parameters. head_weights: (T,) weights for the

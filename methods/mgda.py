@@ -68,7 +68,11 @@ class MGDA(Method):
         return engine.shared_jacobian(state)
 
     def apply(
-        self, state: StepState, engine: GradientEngine, gradients: Tensor, weights: Tensor,
+        self,
+        state: StepState,
+        engine: GradientEngine,
+        gradients: Tensor,
+        weights: Tensor,
         head_weights: Tensor,
     ) -> None:
         """Write sum_t a_t g_t (from the Jacobian in hand) and the head gradients to ``.grad``."""

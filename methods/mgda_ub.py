@@ -44,7 +44,11 @@ class MGDAUB(MGDA):
         return engine.representation_gradients(state)
 
     def apply(
-        self, state: StepState, engine: GradientEngine, gradients: Tensor, weights: Tensor,
+        self,
+        state: StepState,
+        engine: GradientEngine,
+        gradients: Tensor,
+        weights: Tensor,
         head_weights: Tensor,
     ) -> None:
         """One backward of sum_t a_t L_t through the encoder, from the cached z-gradients."""

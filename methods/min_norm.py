@@ -211,6 +211,4 @@ def mgda_weights(
     """
     divisors = gradient_normalizers(gram, task_losses, normalization)
     normalised = gram / (divisors[:, None] * divisors[None, :])
-    return min_norm_weights(
-        normalised, tolerance, max_iterations, initial_weights=initial_weights
-    )
+    return min_norm_weights(normalised, tolerance, max_iterations, initial_weights=initial_weights)

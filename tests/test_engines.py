@@ -27,12 +27,24 @@ def mixed_problem() -> tuple[MultiTaskModel, TaskSet, tuple[torch.Tensor, torch.
     """Heads of different shapes (list outputs, unfused losses): regression + 2 classifications."""
     torch.manual_seed(1)
     encoder = nn.Sequential(nn.Linear(8, 12), nn.Tanh(), nn.Linear(12, 6), nn.Tanh())
-    heads = SeparateHeads([nn.Linear(6, 1), nn.Linear(6, 3), nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))])
+    heads = SeparateHeads(
+        [
+            nn.Linear(6, 1),
+            nn.Linear(6, 3),
+            nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2)),
+        ]
+    )
     taskset = TaskSet(
-        [TaskSpec("value", "regression", 1), TaskSpec("three", "classification", 3), TaskSpec("two", "classification", 2)]
+        [
+            TaskSpec("value", "regression", 1),
+            TaskSpec("three", "classification", 3),
+            TaskSpec("two", "classification", 2),
+        ]
     )
     inputs = torch.randn(16, 8)
-    targets = torch.stack([torch.randn(16), torch.randint(0, 3, (16,)).float(), torch.randint(0, 2, (16,)).float()], 1)
+    targets = torch.stack(
+        [torch.randn(16), torch.randint(0, 3, (16,)).float(), torch.randint(0, 2, (16,)).float()], 1
+    )
     return MultiTaskModel(encoder, heads, 3), taskset, (inputs, targets)
 
 
@@ -64,14 +76,24 @@ def autograd_oracle(model: MultiTaskModel, taskset: TaskSet, batch, weights, hea
     losses = taskset.losses(model(inputs), targets)
     shared, heads = model.shared_parameters(), model.task_parameters()
     jacobian = torch.stack(
-        [flatten_gradients(torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True), shared) for loss in losses]
+        [
+            flatten_gradients(
+                torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True), shared
+            )
+            for loss in losses
+        ]
     )
     representation = model.encoder(inputs)
     z = representation.detach().requires_grad_(True)
     z_losses = taskset.losses(model.heads(z), targets)
     z_grads = torch.stack([torch.autograd.grad(loss, z, retain_graph=True)[0] for loss in z_losses])
-    shared_grad = flatten_gradients(torch.autograd.grad((weights * losses).sum(), shared, retain_graph=True, allow_unused=True), shared)
-    head_grad = flatten_gradients(torch.autograd.grad((head_weights * losses).sum(), heads, allow_unused=True), heads)
+    shared_grad = flatten_gradients(
+        torch.autograd.grad((weights * losses).sum(), shared, retain_graph=True, allow_unused=True),
+        shared,
+    )
+    head_grad = flatten_gradients(
+        torch.autograd.grad((head_weights * losses).sum(), heads, allow_unused=True), heads
+    )
     return jacobian, z_grads, shared_grad, head_grad
 
 
@@ -86,9 +108,11 @@ def test_engines_agree_with_autograd(problem: str, engine_name: str, options: di
     tasks = len(taskset)
     weights = torch.linspace(0.2, 1.0, tasks)
     head_weights = torch.linspace(1.5, 0.5, tasks)
-    jacobian, z_grads, shared_grad, head_grad = autograd_oracle(model, taskset, batch, weights, head_weights)
+    jacobian, z_grads, shared_grad, head_grad = autograd_oracle(
+        model, taskset, batch, weights, head_weights
+    )
     engine = get_engine(engine_name)(model, taskset, Budget("flops", 1e30), batch, **options)
-    close = dict(atol=1e-5, rtol=1e-5)
+    close = {"atol": 1e-5, "rtol": 1e-5}
 
     state = engine.forward(batch)
     torch.testing.assert_close(engine.representation_gradients(state), z_grads, **close)
@@ -97,7 +121,9 @@ def test_engines_agree_with_autograd(problem: str, engine_name: str, options: di
             engine.shared_jacobian(state)
     else:
         torch.testing.assert_close(engine.shared_jacobian(state), jacobian, **close)
-        torch.testing.assert_close(engine.combine(weights, engine.shared_jacobian(state)), shared_grad, **close)
+        torch.testing.assert_close(
+            engine.combine(weights, engine.shared_jacobian(state)), shared_grad, **close
+        )
     torch.testing.assert_close(engine.shared_gradient(state, weights), shared_grad, **close)
     # backward reusing the cached z-gradients, heads weighted separately
     model.zero_grad(set_to_none=True)
@@ -127,7 +153,13 @@ def test_apply_shared_direction_writes_the_direction_and_head_gradients() -> Non
 
 @pytest.mark.parametrize(
     "method_name, engine_name",
-    [("ew", "representation"), ("mgda", "loop"), ("mgda", "batched"), ("mgda_ub", "loop"), ("mgda_ub", "representation")],
+    [
+        ("ew", "representation"),
+        ("mgda", "loop"),
+        ("mgda", "batched"),
+        ("mgda_ub", "loop"),
+        ("mgda_ub", "representation"),
+    ],
 )
 def test_charged_flops_match_flop_counter(method_name: str, engine_name: str) -> None:
     """Six steps on the multidigits LeNet: the budget's tally within 5% of FlopCounterMode."""
@@ -199,7 +231,9 @@ def test_mgda_ends_pareto_stationary_on_an_analytic_problem(method_name: str) ->
     min_norm_squared = float(weights @ gram @ weights)
     assert min_norm_squared < 1e-5 * float(gram.diagonal().max()), min_norm_squared
     assert float(log["direction_norm"]) ** 2 < 1e-5 * float(gram.diagonal().max())
-    assert abs(float(theta[2])) < 1e-3 and float(theta[0] + theta[1]) == pytest.approx(1.0, abs=1e-3)
+    assert abs(float(theta[2])) < 1e-3 and float(theta[0] + theta[1]) == pytest.approx(
+        1.0, abs=1e-3
+    )
     assert 0 < float(theta[0]) < 1
 
 
@@ -212,10 +246,14 @@ def test_mgda_and_mgda_ub_weights_coincide_when_dz_dtheta_is_an_isometry() -> No
     for name in ("mgda", "mgda_ub"):
         model = MultiTaskModel(ParameterEncoder([0.3, 2.0]), SquaredDistanceHeads(centres), 3)
         method_cls = METHODS.get(name)
-        method = method_cls(method_cls.Params(), model, taskset, TrainingConfig(optimizer="sgd", lr=1e-3))
+        method = method_cls(
+            method_cls.Params(), model, taskset, TrainingConfig(optimizer="sgd", lr=1e-3)
+        )
         engine = get_engine("loop")(model, taskset, Budget("flops", 1e30), batch)
         logs[name] = method.step(batch, engine)
-    torch.testing.assert_close(logs["mgda"]["weights"], logs["mgda_ub"]["weights"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        logs["mgda"]["weights"], logs["mgda_ub"]["weights"], atol=1e-5, rtol=0
+    )
 
 
 def test_resume_keeps_the_warm_start() -> None:
@@ -228,11 +266,15 @@ def test_resume_keeps_the_warm_start() -> None:
     for batch in batches[:3]:
         first.step(batch, engine)
     saved = copy.deepcopy(first.state_dict())
-    second = method_cls(method_cls.Params(), tiny_model(3, seed=5), taskset, TrainingConfig(lr=1e-2))
+    second = method_cls(
+        method_cls.Params(), tiny_model(3, seed=5), taskset, TrainingConfig(lr=1e-2)
+    )
     second.load_state_dict(saved)
     engine2 = get_engine("batched")(second.model, taskset, Budget("flops", 1e30), batches[0])
     for batch in batches[3:]:
-        torch.testing.assert_close(first.step(batch, engine)["weights"], second.step(batch, engine2)["weights"])
+        torch.testing.assert_close(
+            first.step(batch, engine)["weights"], second.step(batch, engine2)["weights"]
+        )
 
 
 @pytest.mark.parametrize("engine_name", ["batched", "representation"])
@@ -246,6 +288,9 @@ def test_dropout_heads_use_the_steps_own_forward(engine_name: str) -> None:
     engine = get_engine(engine_name)(model, taskset, Budget("flops", 1e30), batch)
     state = engine.forward(batch)
     expected = torch.stack(
-        [torch.autograd.grad(loss, state.detached, retain_graph=True)[0] for loss in state.task_losses]
+        [
+            torch.autograd.grad(loss, state.detached, retain_graph=True)[0]
+            for loss in state.task_losses
+        ]
     )
     torch.testing.assert_close(engine.representation_gradients(state), expected)

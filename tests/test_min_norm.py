@@ -60,7 +60,14 @@ def gradient_family(kind: str, tasks: int, rng: np.random.Generator) -> np.ndarr
     return rows / np.sqrt(dim)
 
 
-FAMILIES = ("generic", "low_rank", "shared_component", "spread_norms", "zero_gradient", "duplicates")
+FAMILIES = (
+    "generic",
+    "low_rank",
+    "shared_component",
+    "spread_norms",
+    "zero_gradient",
+    "duplicates",
+)
 
 
 def relative_objective_error(gram: np.ndarray, weights: np.ndarray, optimum: np.ndarray) -> float:
@@ -78,7 +85,8 @@ def test_matches_quadprog_on_random_and_degenerate_grams() -> None:
     worst = 0.0
     cases = 0
     for kind, tasks, _ in itertools.product(FAMILIES, TASK_COUNTS, range(6)):
-        gram = (lambda rows: rows @ rows.T)(gradient_family(kind, tasks, rng))
+        rows = gradient_family(kind, tasks, rng)
+        gram = rows @ rows.T
         weights = min_norm_weights(torch.from_numpy(gram)).numpy()
         assert_on_simplex(weights)
         error = relative_objective_error(gram, weights, quadprog_min_norm(gram))
@@ -185,9 +193,13 @@ def test_normalizers_match_explicitly_normalised_gradients(normalization: str) -
     rows = gradient_family("spread_norms", 6, rng)
     losses = rng.uniform(0.1, 3.0, size=6)
     norms = np.linalg.norm(rows, axis=1)
-    divisors = {"none": np.ones(6), "l2": norms, "loss": losses, "loss+": losses * norms}[normalization]
+    divisors = {"none": np.ones(6), "l2": norms, "loss": losses, "loss+": losses * norms}[
+        normalization
+    ]
     gram, task_losses = torch.from_numpy(rows @ rows.T), torch.from_numpy(losses)
-    np.testing.assert_allclose(gradient_normalizers(gram, task_losses, normalization).numpy(), divisors)
+    np.testing.assert_allclose(
+        gradient_normalizers(gram, task_losses, normalization).numpy(), divisors
+    )
     scaled = rows / divisors[:, None]
     expected = quadprog_min_norm(scaled @ scaled.T)
     weights = mgda_weights(gram, task_losses, normalization).numpy()
