@@ -1,4 +1,4 @@
-"""DeepSpeed engine overhead: a method's step through ``deepspeed`` vs through ``loop``, per ZeRO stage.
+"""DeepSpeed engine overhead: one method's step through ``deepspeed`` vs ``loop``, per ZeRO stage.
 
 Same model (the ``synthetic`` MLP sized by ``--shared-parameters``), same batch, same method and
 optimizer. For each stage the two engines are timed in alternating blocks in one process; the
@@ -44,7 +44,9 @@ def main() -> None:
 
     dataset_cls = DATASETS.get("synthetic")
     width = width_for_shared_parameters(args.shared_parameters, 64, 3)
-    dataset = dataset_cls(dataset_cls.Params(num_tasks=args.tasks, width=width, train_samples=args.batch_size))
+    dataset = dataset_cls(
+        dataset_cls.Params(num_tasks=args.tasks, width=width, train_samples=args.batch_size)
+    )
     taskset = dataset_cls.taskset(dataset.params)
     batch = tuple(dataset.load().train.tensors)
     training = TrainingConfig(batch_size=args.batch_size)
@@ -52,13 +54,17 @@ def main() -> None:
     torch.manual_seed(0)
     model = dataset.build_model()
     shared = sum(p.numel() for p in model.shared_parameters())
-    print(f"method {args.method}, synthetic MLP width {width} ({shared:,} shared parameters), T={args.tasks}, "
-          f"batch {args.batch_size}, threads {torch.get_num_threads()}, {args.blocks} blocks x {args.steps} steps")
+    print(
+        f"method {args.method}, synthetic MLP width {width} ({shared:,} shared parameters), T={args.tasks}, "
+        f"batch {args.batch_size}, threads {torch.get_num_threads()}, {args.blocks} blocks x {args.steps} steps"
+    )
     for stage in args.stages:
         runs = {}
         for name, options in (("loop", {}), ("deepspeed", {"zero_stage": stage})):
             method = method_cls(method_cls.Params(), copy.deepcopy(model), taskset, training)
-            engine = get_engine(name)(method.model, taskset, Budget("flops", 1e30), batch, **options)
+            engine = get_engine(name)(
+                method.model, taskset, Budget("flops", 1e30), batch, **options
+            )
             method.optimizer = engine.wrap_optimizer(method.optimizer)
             _block(method, engine, batch, 2)  # warm-up
             runs[name] = (method, engine)
@@ -67,9 +73,11 @@ def main() -> None:
             for name in ("loop", "deepspeed"):
                 times[name].append(_block(*runs[name], batch, args.steps))
             ratios.append(times["deepspeed"][-1] / times["loop"][-1])
-        print(f"ZeRO-{stage}: loop {1e3 * statistics.median(times['loop']):.2f} ms, deepspeed "
-              f"{1e3 * statistics.median(times['deepspeed']):.2f} ms, ratio median {statistics.median(ratios):.3f} "
-              f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+        print(
+            f"ZeRO-{stage}: loop {1e3 * statistics.median(times['loop']):.2f} ms, deepspeed "
+            f"{1e3 * statistics.median(times['deepspeed']):.2f} ms, ratio median {statistics.median(ratios):.3f} "
+            f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``deepspeed`` gradient engine: the model wrapped by ``deepspeed.initialize`` (ZeRO 0–3, fp32/bf16).
+"""``deepspeed`` gradient engine: the model wrapped by ``deepspeed.initialize`` (ZeRO 0–3).
 
 Methods see the same interface as every engine (``forward``, ``backward``, per-task
 ``representation_gradients`` / ``shared_jacobian`` / ``shared_gradient``,
@@ -7,13 +7,15 @@ changes is who owns the gradients: DeepSpeed's ZeRO optimizer keeps them in its 
 buffers, filled by its hooks during ``engine.backward``. So:
 
 - **Weighted-sum backward** goes through ``deepspeed_engine.backward`` on one surrogate scalar per
-  call whose gradient is exactly the requested one: ``sum_t h_t L_t`` for the heads, and for the
-  encoder the representation gradient ``sum_t w_t dL_t/dz``, injected by a relay on ``z`` (an
-  identity whose backward returns the given ``z``-gradient when one is set). With equal head and
-  shared weights nothing is injected and the pass is the plain one (same charge as ``loop``).
-- **A precomputed direction** (``apply_shared_direction``) is injected as the linear term
-  ``<theta_shared, direction>`` in the surrogate (its gradient is ``direction``), while the relay
-  stops the encoder backward, so only the heads backward runs, as in the local engines.
+  call whose gradient is exactly the requested one. EW-like calls (equal head and shared weights,
+  nothing cached) back-propagate ``sum_t w_t L_t`` itself: the heads read a view of ``z`` inside
+  the graph (not a leaf), so heads and encoder run in one pass. Otherwise the engine computes what
+  the local engines compute (the heads' gradient by ``autograd.grad``, the ``z``-gradient
+  ``sum_t w_t dL_t/dz`` from the cache or one heads input backward) and hands it to DeepSpeed as
+  ``<z, z_grad> + <theta_heads, g_heads>`` (the gradient of ``<theta, g>`` is ``g``, exactly).
+- **A precomputed direction** (``apply_shared_direction``) is handed over the same way,
+  ``<theta_shared, direction> + <theta_heads, g_heads>``: no encoder backward runs.
+- Charges are the ``loop`` engine's, pass for pass (``tests/test_deepspeed.py`` checks it).
 - **Per-task gradients** of the shared parameters: one batched ``torch.autograd.grad(...,
   is_grads_batched=True)`` on the wrapped module's own parameters (``BatchedEngine``), read
   before DeepSpeed sees anything. The forward goes through ``engine.module``'s submodules, never
@@ -46,7 +48,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -81,7 +82,12 @@ def prepare_environment(device: torch.device) -> None:
     """
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    for name, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+    for name, value in (
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_RANK", "0"),
+        ("MASTER_ADDR", "127.0.0.1"),
+    ):
         os.environ.setdefault(name, value)
     if "MASTER_PORT" not in os.environ:
         with socket.socket() as probe:
@@ -89,7 +95,9 @@ def prepare_environment(device: torch.device) -> None:
             os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
 
 
-def deepspeed_config(options: DeepSpeedOptions, micro_batch_size: int, num_parameters: int) -> dict[str, Any]:
+def deepspeed_config(
+    options: DeepSpeedOptions, micro_batch_size: int, num_parameters: int
+) -> dict[str, Any]:
     """The DeepSpeed config for one rank: the harness's protocol, then ``options.config``.
 
     No gradient clipping (DeepSpeed's default clips at 1.0; the suites' protocol does not clip),
@@ -125,28 +133,6 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
-
-
-class _Relay(torch.autograd.Function):
-    """Identity on z; its backward returns ``slot["z_grad"]`` instead of the incoming gradient
-    when one is set (a ``z``-gradient chosen by the engine), else passes the gradient through."""
-
-    @staticmethod
-    def forward(ctx: Any, representation: Tensor, slot: dict[str, Tensor]) -> Tensor:
-        ctx.slot = slot
-        return representation.view_as(representation)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return ctx.slot.get("z_grad", grad), None
-
-
-@dataclass
-class RelayedStepState(StepState):
-    """A StepState whose heads read z through :class:`_Relay` (``detached`` is the relay's
-    output, not a leaf: the weighted backward runs heads and encoder in one DeepSpeed pass)."""
-
-    relay_slot: dict[str, Tensor] = field(default_factory=dict)
 
 
 class DeepSpeedOptimizer:
@@ -186,7 +172,9 @@ def _mark_parameter_list_owners(model: nn.Module) -> None:
     from deepspeed.utils import set_z3_leaf_module
 
     for module in model.modules():
-        if any(isinstance(child, (nn.ParameterList, nn.ParameterDict)) for child in module.children()):
+        if any(
+            isinstance(child, (nn.ParameterList, nn.ParameterDict)) for child in module.children()
+        ):
             set_z3_leaf_module(module, True)
 
 
@@ -197,7 +185,12 @@ class DeepSpeedEngine(BatchedEngine):
     name: ClassVar[str] = "deepspeed"
 
     def __init__(
-        self, model: MultiTaskModel, taskset: TaskSet, budget: Budget, calibration: Batch, **options: Any
+        self,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        budget: Budget,
+        calibration: Batch,
+        **options: Any,
     ):
         try:
             self.options = DeepSpeedOptions.model_validate(options)
@@ -232,7 +225,9 @@ class DeepSpeedEngine(BatchedEngine):
             _mark_parameter_list_owners(self.model)
         num_parameters = sum(p.numel() for p in self.model.parameters())
         config = deepspeed_config(self.options, self.micro_batch_size, num_parameters)
-        self.deepspeed_engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, config=config)
+        self.deepspeed_engine, _, _, _ = deepspeed.initialize(
+            model=self.model, optimizer=optimizer, config=config
+        )
         if self.options.precision == "bf16":
             self._install_precision_casts()
         return DeepSpeedOptimizer(self.deepspeed_engine)
@@ -243,7 +238,9 @@ class DeepSpeedEngine(BatchedEngine):
         dtype = self.dtype
 
         def to_low(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            return tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
+            return tuple(
+                a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args
+            )
 
         def to_float(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             if isinstance(output, Tensor):
@@ -269,56 +266,63 @@ class DeepSpeedEngine(BatchedEngine):
             )
 
     # ---- the interface methods use ----------------------------------------------------------
-    def forward(self, batch: Batch) -> RelayedStepState:
-        """Encoder and heads forward through the wrapped module, z relayed (see module doc)."""
+    def forward(self, batch: Batch) -> StepState:
+        """Encoder and heads forward through the wrapped module's submodules.
+
+        ``detached`` is a view of z inside the graph (not a leaf as in the local engines), so the
+        plain weighted backward runs heads and encoder in one DeepSpeed pass; per-task requests
+        differentiate with respect to it and stop there.
+        """
         module = self._module()
         inputs, targets = batch
         size = int(inputs.shape[0])
         self.charge("encoder_forward", size)
         self.charge("heads_forward", size)
-        slot: dict[str, Tensor] = {}
         representation = module.encoder(inputs)
-        relayed = _Relay.apply(representation, slot)
-        outputs = module.heads(relayed)
+        through = representation.view_as(representation)
+        outputs = module.heads(through)
         task_losses = self.taskset.losses(outputs, targets)
-        return RelayedStepState(inputs, targets, representation, relayed, outputs, task_losses, relay_slot=slot)
+        return StepState(inputs, targets, representation, through, outputs, task_losses)
 
-    def backward(self, state: StepState, weights: Tensor, head_weights: Tensor | None = None) -> None:
-        """One DeepSpeed backward of ``sum_t h_t L_t`` with the encoder fed ``sum_t w_t dL_t/dz``.
+    def backward(
+        self, state: StepState, weights: Tensor, head_weights: Tensor | None = None
+    ) -> None:
+        """Gradient of sum_t w_t L_t (shared) and sum_t h_t L_t (heads), into DeepSpeed's buffers.
 
-        The gradient lands in DeepSpeed's buffers (not ``.grad`` at stages 1–3) until
-        ``optimizer.step()``. Charges: heads backward + encoder backward (+ one heads input
-        backward when the head weights differ and the z-gradients are not cached).
+        Equal weights and no cached z-gradients: one DeepSpeed backward of ``sum_t w_t L_t``
+        (heads backward + encoder backward). Otherwise, as the local engines do: the heads'
+        gradient by ``autograd.grad`` and the z-gradient from the cache (or one heads input
+        backward), then one DeepSpeed backward of ``<z, z_grad> + sum <theta_heads, g_heads>``
+        (encoder backward only). Same charges as ``loop``.
         """
-        state = self._relayed(state)
         weights = weights.to(state.task_losses)
-        if head_weights is not None:
-            head_weights = head_weights.to(state.task_losses)
-            if not torch.equal(head_weights, weights):
-                self._no_per_task_at_stage_3("backward with head_weights != weights")
-                state.relay_slot["z_grad"] = self._representation_gradient(state, weights)
-            surrogate = (head_weights * state.task_losses).sum()
-        else:
-            surrogate = (weights * state.task_losses).sum()
-        self.charge("heads_backward", state.batch_size)
+        same = head_weights is None or torch.equal(head_weights.to(weights), weights)
+        if same and state.representation_grads is None:
+            self.charge("heads_backward", state.batch_size)
+            self.charge("encoder_backward", state.batch_size)
+            self._deepspeed_backward((weights * state.task_losses).sum())
+            return
+        self._no_per_task_at_stage_3(
+            "backward with head_weights != weights or after per-task requests"
+        )
+        head_weights = weights if head_weights is None else head_weights.to(weights)
+        heads_term = self._heads_term(state, head_weights)
+        z_grad = self._representation_gradient(state, weights)
         self.charge("encoder_backward", state.batch_size)
-        self._deepspeed_backward(surrogate)
+        self._deepspeed_backward((state.representation * z_grad.detach()).sum() + heads_term)
 
-    def apply_shared_direction(self, state: StepState, direction: Tensor, head_weights: Tensor) -> None:
-        """Shared gradient := ``direction`` (P,) and heads get ``sum_t h_t dL_t/dtheta_h``; no
-        encoder backward runs (the relay stops it). Charges one heads backward."""
+    def apply_shared_direction(
+        self, state: StepState, direction: Tensor, head_weights: Tensor
+    ) -> None:
+        """Shared gradient := ``direction`` (P,), heads get ``sum_t h_t dL_t/dtheta_h``; no
+        encoder backward runs. One DeepSpeed backward of the linear terms
+        ``<theta_shared, direction> + <theta_heads, g_heads>``. Charges one heads backward
+        (parameters only), as ``loop``."""
         self._no_per_task_at_stage_3("apply_shared_direction")
-        state = self._relayed(state)
-        state.relay_slot["z_grad"] = torch.zeros_like(state.representation)
-        surrogate = (head_weights.to(state.task_losses) * state.task_losses).sum()
-        offset = 0
-        direction = direction.detach()
-        for parameter in self.shared_parameters:
-            piece = direction[offset : offset + parameter.numel()].view_as(parameter)
-            surrogate = surrogate + (parameter * piece.to(parameter.dtype)).sum()
-            offset += parameter.numel()
-        self.charge("heads_backward", state.batch_size)
-        self._deepspeed_backward(surrogate)
+        heads_term = self._heads_term(state, head_weights.to(state.task_losses))
+        self._deepspeed_backward(
+            _linear_term(self.shared_parameters, direction.reshape(-1)) + heads_term
+        )
 
     def representation_gradients(self, state: StepState) -> Tensor:
         self._no_per_task_at_stage_3("representation_gradients")
@@ -337,15 +341,39 @@ class DeepSpeedEngine(BatchedEngine):
         # scale_wrt_gas=False: the harness's losses are already means over the batch
         self.deepspeed_engine.backward(surrogate, scale_wrt_gas=False)
 
-    @staticmethod
-    def _relayed(state: StepState) -> RelayedStepState:
-        if not isinstance(state, RelayedStepState):
-            raise TypeError("deepspeed engine: the state must come from this engine's forward()")
-        return state
+    def _heads_term(self, state: StepState, head_weights: Tensor) -> Tensor:
+        """sum <theta_heads, g_heads> with g_heads = d(sum_t h_t L_t)/d theta_heads (charged)."""
+        self.charge("heads_backward_params", state.batch_size)
+        heads = self.task_parameters
+        grads = torch.autograd.grad(
+            (head_weights * state.task_losses).sum(), heads, retain_graph=True, allow_unused=True
+        )
+        return _linear_term(
+            heads,
+            torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                    for g, p in zip(grads, heads)
+                ]
+            ),
+        )
 
     def _shared_jacobian(self, state: StepState, z_grads: Tensor) -> Tensor:
         jacobian = super()._shared_jacobian(state, z_grads)
         return jacobian.float() if self.dtype != torch.float32 else jacobian
+
+
+def _linear_term(parameters: list[nn.Parameter], gradient: Tensor) -> Tensor:
+    """sum_p <p, g_p>: a scalar whose gradient with respect to each parameter is exactly its
+    slice of ``gradient`` (P,), so DeepSpeed's backward delivers a gradient computed elsewhere."""
+    gradient = gradient.detach()
+    total = gradient.new_zeros((), dtype=torch.float32)
+    offset = 0
+    for parameter in parameters:
+        piece = gradient[offset : offset + parameter.numel()].view_as(parameter).to(parameter.dtype)
+        total = total + (parameter * piece).sum()
+        offset += parameter.numel()
+    return total
 
 
 register_engine(DeepSpeedEngine.name, DeepSpeedEngine)

@@ -61,7 +61,9 @@ def width_for_shared_parameters(target: float, input_features: int, depth: int) 
     else:
         estimate = (-linear + math.sqrt(linear * linear + 4 * quadratic * target)) / (2 * quadratic)
     candidates = {max(1, math.floor(estimate)), max(1, math.ceil(estimate))}
-    return min(candidates, key=lambda w: abs(shared_parameter_count(input_features, w, depth) - target))
+    return min(
+        candidates, key=lambda w: abs(shared_parameter_count(input_features, w, depth) - target)
+    )
 
 
 def mlp_encoder(input_features: int, width: int, depth: int) -> nn.Sequential:
@@ -82,21 +84,34 @@ class Synthetic(MultiTaskDataset):
     @classmethod
     def taskset(cls, params: DatasetParams) -> TaskSet:
         assert isinstance(params, SyntheticParams)
-        return TaskSet([TaskSpec(f"task{t}", "classification", params.classes) for t in range(params.num_tasks)])
+        return TaskSet(
+            [
+                TaskSpec(f"task{t}", "classification", params.classes)
+                for t in range(params.num_tasks)
+            ]
+        )
 
     def load(self) -> Splits:
         params: SyntheticParams = self.params  # type: ignore[assignment]
         rng = np.random.default_rng(params.teacher_seed)
-        features = rng.standard_normal((params.input_features, TEACHER_FEATURES)) / math.sqrt(params.input_features)
+        features = rng.standard_normal((params.input_features, TEACHER_FEATURES)) / math.sqrt(
+            params.input_features
+        )
         maps = rng.standard_normal((params.num_tasks, TEACHER_FEATURES, params.classes))
         splits = {}
-        for name, count in (("train", params.train_samples), ("val", params.val_samples), ("test", params.test_samples)):
+        for name, count in (
+            ("train", params.train_samples),
+            ("val", params.val_samples),
+            ("test", params.test_samples),
+        ):
             inputs = rng.standard_normal((count, params.input_features)).astype(np.float32)
             hidden = np.maximum(inputs @ features, 0.0)
             labels = np.einsum("bh,thc->btc", hidden, maps).argmax(axis=-1)
             noisy = rng.random(labels.shape) < params.label_noise
             labels = np.where(noisy, rng.integers(0, params.classes, labels.shape), labels)
-            splits[name] = TensorDataset(torch.from_numpy(inputs), torch.from_numpy(labels.astype(np.float32)))
+            splits[name] = TensorDataset(
+                torch.from_numpy(inputs), torch.from_numpy(labels.astype(np.float32))
+            )
         return Splits(**splits)
 
     def build_model(self) -> MultiTaskModel:

@@ -224,11 +224,21 @@ def study_points(study: ScalingStudy) -> list[StudyPoint]:
 
     points = []
     for value in study.axes.shared_parameters or []:
-        points.append(StudyPoint("shared_parameters", value, base.tasks, width(value), base.workers))
+        points.append(
+            StudyPoint("shared_parameters", value, base.tasks, width(value), base.workers)
+        )
     for value in study.axes.tasks or []:
-        points.append(StudyPoint("tasks", float(value), int(value), width(base.shared_parameters), base.workers))
+        points.append(
+            StudyPoint(
+                "tasks", float(value), int(value), width(base.shared_parameters), base.workers
+            )
+        )
     for value in study.axes.workers or []:
-        points.append(StudyPoint("workers", float(value), base.tasks, width(base.shared_parameters), int(value)))
+        points.append(
+            StudyPoint(
+                "workers", float(value), base.tasks, width(base.shared_parameters), int(value)
+            )
+        )
     return points
 
 
@@ -339,7 +349,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _engine_for(study: ScalingStudy, entry: MethodEntry, point: StudyPoint) -> tuple[str, dict[str, Any]]:
+def _engine_for(
+    study: ScalingStudy, entry: MethodEntry, point: StudyPoint
+) -> tuple[str, dict[str, Any]]:
     method_cls = METHODS.get(entry.name)
     engine = entry.engine or method_cls.default_engine
     options = dict(entry.engine_options)
@@ -349,7 +361,9 @@ def _engine_for(study: ScalingStudy, entry: MethodEntry, point: StudyPoint) -> t
     return engine, options
 
 
-def measure_point(study: ScalingStudy, entry: MethodEntry, point: StudyPoint, device: torch.device) -> dict[str, Any]:
+def measure_point(
+    study: ScalingStudy, entry: MethodEntry, point: StudyPoint, device: torch.device
+) -> dict[str, Any]:
     """Time ``timing.repeats`` steps of one method at one point; return the cost columns."""
     from mtlbench.harness.data import training_batches
     from mtlbench.harness.gradients import get_engine
@@ -372,7 +386,8 @@ def measure_point(study: ScalingStudy, entry: MethodEntry, point: StudyPoint, de
     method.optimizer = engine.wrap_optimizer(method.optimizer)
     size = int(batch[0].shape[0])
     ew_step_flops = sum(
-        engine.costs.flops(kind, size) for kind in ("encoder_forward", "heads_forward", "heads_backward", "encoder_backward")
+        engine.costs.flops(kind, size)
+        for kind in ("encoder_forward", "heads_forward", "heads_backward", "encoder_backward")
     )
     for _ in range(study.timing.warmup):
         method.step(batch, engine)
@@ -488,7 +503,13 @@ SCHEMA = pa.schema(
         ("started_at", pa.string()),
     ]
 )
-COST_COLUMNS = ("step_seconds", "flops_per_step", "peak_memory_bytes", "step_memory_bytes", "samples_per_second")
+COST_COLUMNS = (
+    "step_seconds",
+    "flops_per_step",
+    "peak_memory_bytes",
+    "step_memory_bytes",
+    "samples_per_second",
+)
 
 
 def table_path(results_dir: Path, study_name: str) -> Path:
@@ -508,7 +529,9 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(temporary, path)
 
 
-def point_key(study: ScalingStudy, entry: MethodEntry, point: StudyPoint, device: torch.device) -> str:
+def point_key(
+    study: ScalingStudy, entry: MethodEntry, point: StudyPoint, device: torch.device
+) -> str:
     """Hash of everything that determines a point's numbers (not the study's name)."""
     identity = {
         "entry": entry.model_dump(mode="json"),
@@ -598,7 +621,9 @@ def run_study(
                 "torch_threads": torch.get_num_threads(),
                 "torch_version": env.get("torch", ""),
                 "package_version": env.get("mtlbench_version", ""),
-                "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"
+                ),
                 "error": "",
             }
             reason = _skip_reason(study, entry, point)
@@ -616,7 +641,9 @@ def run_study(
                     row.update(hypervolume_point(study, entry, point, row))
                 row["status"] = "ok"
             except Exception as error:  # noqa: BLE001 - a failing point is recorded, the study goes on
-                row.update(status="failed", error=f"{type(error).__name__}: {error}".splitlines()[0])
+                row.update(
+                    status="failed", error=f"{type(error).__name__}: {error}".splitlines()[0]
+                )
             measured += 1
             rows.append(row)
             save()
@@ -648,7 +675,10 @@ def slopes(rows: list[dict[str, Any]]) -> Iterator[tuple[str, str, str, PowerLaw
         if row["status"] == "ok":
             curves.setdefault((row["axis"], row["method_label"]), []).append(row)
     for (axis, label), points in sorted(curves.items()):
-        x = [p["shared_parameters"] if axis == "shared_parameters" else p["axis_value"] for p in points]
+        x = [
+            p["shared_parameters"] if axis == "shared_parameters" else p["axis_value"]
+            for p in points
+        ]
         for column in COST_COLUMNS:
             yield axis, label, column, fit_power_law(x, [p[column] for p in points])
 
@@ -668,7 +698,9 @@ def log_study(
 
     from mtlbench.harness.tracking import BATCH_LIMIT, default_tracking_uri
 
-    client = MlflowClient(tracking_uri=tracking_uri or study.output.tracking_uri or default_tracking_uri(results_dir))
+    client = MlflowClient(
+        tracking_uri=tracking_uri or study.output.tracking_uri or default_tracking_uri(results_dir)
+    )
     experiment = client.get_experiment_by_name(study.name)
     if experiment is None:
         artifacts = (Path(results_dir) / "mlartifacts").resolve().as_uri()
@@ -676,7 +708,9 @@ def log_study(
     else:
         experiment_id = experiment.experiment_id
     run = client.create_run(
-        experiment_id, run_name=f"scaling:{study.name}", tags={"mtlbench.kind": "scaling", "mtlbench.study": study.name}
+        experiment_id,
+        run_name=f"scaling:{study.name}",
+        tags={"mtlbench.kind": "scaling", "mtlbench.study": study.name},
     )
     run_id = run.info.run_id
     timestamp = int(time.time() * 1000)
@@ -684,11 +718,20 @@ def log_study(
     for row in rows:
         if row["status"] != "ok":
             continue
-        step = int(row["shared_parameters"] if row["axis"] == "shared_parameters" else row["axis_value"])
+        step = int(
+            row["shared_parameters"] if row["axis"] == "shared_parameters" else row["axis_value"]
+        )
         for column in (*COST_COLUMNS, "hypervolume"):
             value = row.get(column)
             if value is not None and math.isfinite(value):
-                metrics.append(Metric(f"{row['axis']}.{row['method_label']}.{column}", float(value), timestamp, step))
+                metrics.append(
+                    Metric(
+                        f"{row['axis']}.{row['method_label']}.{column}",
+                        float(value),
+                        timestamp,
+                        step,
+                    )
+                )
     for axis, label, column, fit in slopes(rows):
         if math.isfinite(fit.slope):
             metrics.append(Metric(f"{axis}.{label}.slope.{column}", fit.slope, timestamp, 0))

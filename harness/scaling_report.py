@@ -38,7 +38,9 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def _x(row: Row) -> float:
-    return float(row["shared_parameters"] if row["axis"] == "shared_parameters" else row["axis_value"])
+    return float(
+        row["shared_parameters"] if row["axis"] == "shared_parameters" else row["axis_value"]
+    )
 
 
 def _plot(study: str, axis: str, curves: dict[str, list[Row]], path: Path) -> None:
@@ -53,7 +55,11 @@ def _plot(study: str, axis: str, curves: dict[str, list[Row]], path: Path) -> No
     for panel, (column, title, log_y) in zip(grid, PANELS):
         for index, (label, rows) in enumerate(sorted(curves.items())):
             points = sorted((_x(r), r.get(column)) for r in rows)
-            points = [(x, y) for x, y in points if y is not None and math.isfinite(y) and (y > 0 or not log_y)]
+            points = [
+                (x, y)
+                for x, y in points
+                if y is not None and math.isfinite(y) and (y > 0 or not log_y)
+            ]
             if points:
                 xs, ys = zip(*points)
                 panel.plot(xs, ys, "-o", ms=3, color=f"C{index % 10}", label=label)
@@ -71,7 +77,14 @@ def _plot(study: str, axis: str, curves: dict[str, list[Row]], path: Path) -> No
 
 
 def _slope_table(curves: dict[str, list[Row]]) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "points", *[f"slope {c}" for c in SLOPE_COLUMNS], "step s (first → last)", "FLOPs/step (first → last)", "HV (first → last)"]
+    header = [
+        "method",
+        "points",
+        *[f"slope {c}" for c in SLOPE_COLUMNS],
+        "step s (first → last)",
+        "FLOPs/step (first → last)",
+        "HV (first → last)",
+    ]
     table = []
     for label, rows in sorted(curves.items()):
         rows = sorted(rows, key=_x)
@@ -108,8 +121,12 @@ def build_scaling_page(results_dir: Path) -> Path | None:
         if not rows:
             continue
         study = rows[0]["study"]
-        devices = sorted({f"{r['device']} ({r['device_name']})" for r in rows if r["status"] == "ok"})
-        measures = sorted({r["memory_measure"] for r in rows if r["status"] == "ok" and r["memory_measure"]})
+        devices = sorted(
+            {f"{r['device']} ({r['device_name']})" for r in rows if r["status"] == "ok"}
+        )
+        measures = sorted(
+            {r["memory_measure"] for r in rows if r["status"] == "ok" and r["memory_measure"]}
+        )
         intro = (
             f"Device: {', '.join(devices) or '—'}; batch {rows[0]['batch_size']}; memory: {', '.join(measures) or '—'}. "
             "Step time: median over the timed steps; slopes: least squares on (log x, log y); "
@@ -123,25 +140,43 @@ def build_scaling_page(results_dir: Path) -> Path | None:
             if row["status"] == "ok":
                 by_axis[row["axis"]][row["method_label"]].append(row)
             else:
-                problems.append(f"{row['axis']}={row['axis_value']:.4g} {row['method_label']}: {row['status']} — {row['error']}")
+                problems.append(
+                    f"{row['axis']}={row['axis_value']:.4g} {row['method_label']}: {row['status']} — {row['error']}"
+                )
         for axis, curves in by_axis.items():
             image = out / f"scaling_{study}_{axis}.png"
             _plot(study, axis, curves, image)
             header, table = _slope_table(curves)
-            markdown += [f"### {AXIS_TITLES.get(axis, axis)}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            markdown += [
+                f"### {AXIS_TITLES.get(axis, axis)}",
+                "",
+                "| " + " | ".join(header) + " |",
+                "|" + "---|" * len(header),
+            ]
             markdown += ["| " + " | ".join(r) + " |" for r in table]
             markdown += ["", f"![{axis}]({image.name})", ""]
             encoded = base64.b64encode(image.read_bytes()).decode()
-            body.append(f"<h3>{html.escape(AXIS_TITLES.get(axis, axis))}</h3><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-            body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table]
-            body.append(f"</table><img alt='{html.escape(axis)}' src='data:image/png;base64,{encoded}'>")
+            body.append(
+                f"<h3>{html.escape(AXIS_TITLES.get(axis, axis))}</h3><table><tr>"
+                + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                + "</tr>"
+            )
+            body += [
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table
+            ]
+            body.append(
+                f"</table><img alt='{html.escape(axis)}' src='data:image/png;base64,{encoded}'>"
+            )
         if problems:
             unique = list(dict.fromkeys(problems))
             markdown += ["Not measured:", "", *[f"- {p}" for p in unique], ""]
-            body.append("<p>Not measured:</p><ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in unique) + "</ul>")
+            body.append(
+                "<p>Not measured:</p><ul>"
+                + "".join(f"<li>{html.escape(p)}</li>" for p in unique)
+                + "</ul>"
+            )
     style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}"
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>mtlbench scaling</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
     _atomic_write(out / "scaling.md", "\n".join(markdown) + "\n")
     _atomic_write(out / "scaling.html", page)
     return out / "scaling.html"
-
