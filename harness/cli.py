@@ -69,10 +69,50 @@ def leaderboard(
 ) -> None:
     """Build results/leaderboard/index.md and index.html from the Parquet table."""
     from mtlbench.harness.leaderboard import build_leaderboard
+    from mtlbench.harness.scaling_report import build_scaling_page
 
-    if not (results_dir / "runs").is_dir():
+    if not (results_dir / "runs").is_dir() and not (results_dir / "scaling").is_dir():
         _fail(f"{results_dir / 'runs'}: no recorded runs there (run a suite first)")
-    typer.echo(str(build_leaderboard(results_dir)))
+    if (results_dir / "runs").is_dir():
+        typer.echo(str(build_leaderboard(results_dir)))
+    scaling_page = build_scaling_page(results_dir)
+    if scaling_page:
+        typer.echo(str(scaling_page))
+
+
+@app.command()
+def scale(
+    study_path: Path = typer.Argument(..., metavar="SUITE", help="scaling study YAML (study: scaling)"),
+    results_dir: Optional[Path] = typer.Option(None, help="override output.results_dir"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite under results)"),
+    device: Optional[str] = typer.Option(None, help="override device: cpu | cuda | auto"),
+    axis: Optional[list[str]] = typer.Option(None, help="sweep only this axis (repeatable)"),
+) -> None:
+    """Sweep a scaling study (shared parameters, tasks, workers); write its table and page."""
+    from mtlbench.harness.runner import ensure_writable
+    from mtlbench.harness.scaling import AXES, load_study, run_study
+    from mtlbench.harness.scaling_report import build_scaling_page
+
+    try:
+        study = load_study(study_path)
+        if device:
+            if device not in ("cpu", "cuda", "auto"):
+                raise ConfigError(f"--device: expected cpu, cuda or auto, got {device!r}")
+            study = study.model_copy(update={"device": device})
+        if axis:
+            unknown = sorted(set(axis) - set(AXES))
+            if unknown:
+                raise ConfigError(f"--axis: unknown axis {unknown[0]!r} (known: {', '.join(AXES)})")
+            kept = {name: (getattr(study.axes, name) if name in axis else None) for name in AXES}
+            study = study.model_copy(update={"axes": study.axes.model_copy(update=kept)})
+        target = Path(results_dir or study.output.results_dir)
+        ensure_writable(target)
+        outcome = run_study(study, target, tracking_uri, log=console.print)
+    except ConfigError as error:
+        _fail(str(error))
+    page = build_scaling_page(target)
+    console.print(f"table: {outcome.table}; {outcome.measured} points measured, {outcome.reused} reused")
+    typer.echo(str(page))
 
 
 @app.command()

@@ -132,6 +132,16 @@ class GradientEngine:
     def num_shared(self) -> int:
         return sum(p.numel() for p in self.shared_parameters)
 
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """The optimizer the method should step (the trainer calls this once, before step 1).
+
+        Local engines return ``optimizer`` unchanged. An engine that owns the update (DeepSpeed:
+        its ZeRO optimizer holds the gradient partitions) returns an object with the same
+        ``zero_grad`` / ``step`` / ``state_dict`` calls that routes them through itself, so a
+        method's ``self.optimizer.step()`` is right for every engine.
+        """
+        return optimizer
+
     # ---- cost calibration -------------------------------------------------------------------
     def _calibrate(self, batch: Batch) -> None:
         """Measure the FLOPs per sample of each pass kind on a few samples of ``batch``.

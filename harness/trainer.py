@@ -282,6 +282,7 @@ def _train(
     batches = training_batches(splits.train, training.batch_size, spec.seed, device)
     first = next(batches)
     engine = get_engine(spec.engine)(method.model, taskset, budget, first, **spec.engine_options)
+    method.optimizer = engine.wrap_optimizer(method.optimizer)
     budget.restart_clock()
 
     best_val_hv, best_state, best_step = -math.inf, None, 0
