@@ -62,6 +62,7 @@ from mtlbench.harness.tasks import TaskSet
 NO_PRINT_STEPS = 10**12
 DEFAULT_BUCKET_ELEMENTS = 500_000_000
 MIN_BUCKET_ELEMENTS = 100_000
+BUCKET_ALIGNMENT = 4096
 
 
 class DeepSpeedOptions(BaseModel):
@@ -106,7 +107,8 @@ def deepspeed_config(
     DeepSpeed's default of 5e8 elements): ZeRO-2 allocates its reduce bucket on every backward,
     and 5e8 fp32 elements cost ~0.7 s a step on CPU for a 30k-parameter LeNet.
     """
-    bucket = int(min(DEFAULT_BUCKET_ELEMENTS, max(num_parameters, MIN_BUCKET_ELEMENTS)))
+    wanted = min(DEFAULT_BUCKET_ELEMENTS, max(num_parameters, MIN_BUCKET_ELEMENTS))
+    bucket = -(-int(wanted) // BUCKET_ALIGNMENT) * BUCKET_ALIGNMENT  # ZeRO asserts alignment
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": 1,

@@ -20,8 +20,9 @@ For every (method, point) it records, from one process on one device:
 - ``peak_memory_bytes`` and ``step_memory_bytes``: the peak over the timed steps, in total and
   above what was resident before them. CUDA: ``torch.cuda.max_memory_allocated``. CPU: the
   process's resident-set high-water mark (``VmHWM``), reset before the steps through
-  ``/proc/self/clear_refs`` (Linux), with glibc told to return large blocks (``mallopt``) so
-  freed memory does not hide a later peak; elsewhere ``ru_maxrss`` (monotonic, total only);
+  ``/proc/self/clear_refs`` (Linux) after ``malloc_trim`` has returned freed heap pages (so
+  memory freed by earlier points does not hide a later peak); elsewhere ``ru_maxrss``
+  (monotonic, total only);
 - ``hypervolume``: test hypervolume after a short run of the trainer at a fixed budget
   (``budget.ew_steps`` EW steps' FLOPs at that point, or fixed ``budget.flops``).
 
@@ -283,9 +284,6 @@ class PeakMemory:
     names the source (``cuda_max_allocated`` | ``rss_high_water`` | ``process_max_rss``).
     """
 
-    M_MMAP_THRESHOLD = -3
-    MMAP_THRESHOLD_BYTES = 1 << 16
-
     def __init__(self, device: torch.device):
         self.device = device
         self.baseline = 0
@@ -294,9 +292,9 @@ class PeakMemory:
             self.measure = "cuda_max_allocated"
             return
         self.measure = "rss_high_water" if self._can_reset_rss() else "process_max_rss"
-        try:  # glibc: large blocks from mmap, returned to the system when freed
+        try:  # glibc: malloc_trim(0) gives freed heap pages back before each measurement
             self._libc = ctypes.CDLL("libc.so.6")
-            self._libc.mallopt(self.M_MMAP_THRESHOLD, self.MMAP_THRESHOLD_BYTES)
+            self._libc.malloc_trim
         except (OSError, AttributeError):
             self._libc = None
 

@@ -254,3 +254,16 @@ def test_methods_train_alike_on_deepspeed_and_batched(name: str) -> None:
     for got, want in zip(logs_d, logs_b):
         torch.testing.assert_close(got["weights"], want["weights"], rtol=1e-4, atol=1e-6)
     assert flops_d == flops_b
+
+
+def test_config_protocol_and_merge() -> None:
+    """No clipping (DeepSpeed clips at 1.0 by default), caller-owned accumulation, buckets sized
+    to the model and aligned, and user keys merged in without dropping the harness's."""
+    from mtlbench.cluster.deepspeed_engine import DeepSpeedOptions, deepspeed_config
+
+    extra = {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}
+    config = deepspeed_config(DeepSpeedOptions(zero_stage=2, config=extra), 32, 1_000_003)
+    assert config["gradient_clipping"] == 0.0 and config["managed_gradient_accumulation"] is False
+    zero = config["zero_optimization"]
+    assert zero["stage"] == 2 and zero["offload_optimizer"] == {"device": "cpu"}
+    assert zero["reduce_bucket_size"] % 4096 == 0 and 1_000_003 <= zero["reduce_bucket_size"] < 1_004_100

@@ -103,13 +103,14 @@ def test_points_sweep_one_axis_at_a_time() -> None:
 )
 def test_peak_memory_sees_a_step_allocation() -> None:
     probe = PeakMemory(torch.device("cpu"))
+    for _ in range(2):  # the second time, glibc serves the blocks from memory freed the first
+        probe.reset()
+        blocks = [torch.ones(4 * 2**20) for _ in range(4)]  # 4 x 16 MiB, touched
+        del blocks
+        peak, above = probe.read()
+        assert above >= 60 * 2**20 and peak >= above
     probe.reset()
-    block = torch.ones(16 * 2**20)  # 64 MiB, touched
-    del block
-    peak, above = probe.read()
-    assert above >= 60 * 2**20 and peak >= above
-    probe.reset()
-    assert probe.read()[1] < 60 * 2**20  # freed memory went back: the next peak starts low
+    assert probe.read()[1] < 8 * 2**20  # nothing allocated: no peak above the level at reset
 
 
 def _analytic_ew_step_flops(batch: int, widths: list[int], tasks: int, classes: int) -> int:
