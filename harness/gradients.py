@@ -10,6 +10,14 @@ copy of ``z`` (``StepState.detached``), so gradients with respect to ``z`` (MGDA
 head work, and any combination of per-task ``z``-gradients can be pushed through the encoder with
 one encoder backward.
 
+Engines here (others register themselves: Ray-sharded, DeepSpeed):
+- ``loop``: T separate backward passes for per-task quantities (the reference; the test oracle).
+- ``batched``: the same quantities from batched vector-Jacobian products, in chunks of tasks.
+- ``representation``: ``batched`` restricted to gradients w.r.t. z (MGDA-UB); refuses the
+  shared Jacobian. Every engine serves MGDA-UB, since every engine gives z-gradients.
+Reuse: per-task rows already in hand (a Jacobian, z-gradients) feed ``gram`` and ``combine``, so
+sum_t a_t g_t never costs another backward pass; both are charged for their products.
+
 Shapes: T tasks, B samples, P shared (encoder) parameters; ``z`` keeps its own shape.
 """
 
@@ -195,7 +203,7 @@ class GradientEngine:
         head_weights = weights if same else head_weights.to(state.task_losses)
         heads = self.task_parameters
         if state.representation_grads is not None:
-            z_grad = torch.einsum("t,t...->...", weights, state.representation_grads)
+            z_grad = self.combine(weights, state.representation_grads)
             self._heads_param_backward(state, head_weights)
         elif same:
             self.charge("heads_backward", state.batch_size)
@@ -251,6 +259,25 @@ class GradientEngine:
             state.shared_jacobian = self._shared_jacobian(state, z_grads)
         return state.shared_jacobian
 
+    def gram(self, rows: Tensor) -> Tensor:
+        """Gram matrix (T, T) of per-task rows (T, *shape), e.g. a Jacobian or z-gradients.
+
+        Charged as what it is, one (T, N) × (N, T) product: 2 T² N FLOPs (kind ``gram``).
+        """
+        flat = rows.reshape(rows.shape[0], -1)
+        self.budget.charge("gram", 2.0 * flat.shape[0] ** 2 * flat.shape[1])
+        return flat @ flat.T
+
+    def combine(self, weights: Tensor, rows: Tensor) -> Tensor:
+        """sum_t w_t rows_t: weights (T,), rows (T, *shape) -> (*shape).
+
+        Reuses per-task gradients already in hand (a Jacobian, z-gradients) instead of another
+        backward pass. Charged 2 T N FLOPs (kind ``combine``).
+        """
+        flat = rows.reshape(rows.shape[0], -1)
+        self.budget.charge("combine", 2.0 * flat.shape[0] * flat.shape[1])
+        return (weights.to(flat)[None, :] @ flat).view(rows.shape[1:])
+
     # ---- what subclasses change -------------------------------------------------------------
     def _representation_grads(self, state: StepState) -> Tensor:
         rows = [
@@ -280,7 +307,7 @@ class GradientEngine:
 
     def _representation_gradient(self, state: StepState, weights: Tensor) -> Tensor:
         if state.representation_grads is not None:
-            return torch.einsum("t,t...->...", weights, state.representation_grads)
+            return self.combine(weights, state.representation_grads)
         self.charge("heads_backward_input", state.batch_size)
         return torch.autograd.grad(
             (weights * state.task_losses).sum(), state.detached, retain_graph=True
@@ -288,10 +315,12 @@ class GradientEngine:
 
 
 class BatchedEngine(GradientEngine):
-    """Per-task gradients as one batched vector-Jacobian product (``is_grads_batched``).
+    """Per-task gradients as batched vector-Jacobian products (``is_grads_batched``, i.e. vmap).
 
-    chunk_size: tasks per batched VJP (bounds memory: each chunk holds chunk × activations).
-    Same FLOPs as the loop, far fewer kernel launches and Python round trips.
+    chunk_size: tasks per batched VJP. Each chunk holds chunk × the activation gradients of one
+    backward pass, so it bounds memory (on a GPU, lower it when T × one backward's transient
+    memory does not fit). Same FLOPs as the loop, far fewer kernel launches and Python round
+    trips; the Jacobian (T, P) is written chunk by chunk into one preallocated buffer.
     """
 
     name: ClassVar[str] = "batched"
@@ -310,19 +339,21 @@ class BatchedEngine(GradientEngine):
         super().__init__(model, taskset, budget, calibration)
 
     def _representation_grads(self, state: StepState) -> Tensor:
-        eye = torch.eye(self.num_tasks, dtype=state.task_losses.dtype, device=state.task_losses.device)
+        losses = state.task_losses
+        eye = torch.eye(self.num_tasks, dtype=losses.dtype, device=losses.device)
         chunks = [
             torch.autograd.grad(
-                state.task_losses, state.detached, rows, retain_graph=True, is_grads_batched=True
+                losses, state.detached, rows, retain_graph=True, is_grads_batched=True
             )[0]
             for rows in eye.split(self.chunk_size)
         ]
-        return torch.cat(chunks)
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     def _shared_jacobian(self, state: StepState, z_grads: Tensor) -> Tensor:
         shared = self.shared_parameters
-        chunks = []
-        for rows in z_grads.split(self.chunk_size):
+        jacobian = z_grads.new_zeros(self.num_tasks, sum(p.numel() for p in shared))
+        for start in range(0, self.num_tasks, self.chunk_size):
+            rows = z_grads[start : start + self.chunk_size]
             grads = torch.autograd.grad(
                 state.representation,
                 shared,
@@ -331,16 +362,31 @@ class BatchedEngine(GradientEngine):
                 is_grads_batched=True,
                 allow_unused=True,
             )
-            chunks.append(
-                torch.cat(
-                    [
-                        (g if g is not None else rows.new_zeros(rows.shape[0], *p.shape)).flatten(1)
-                        for g, p in zip(grads, shared)
-                    ],
-                    dim=1,
-                )
-            )
-        return torch.cat(chunks)
+            offset = 0
+            for grad, param in zip(grads, shared):
+                if grad is not None:
+                    block = jacobian[start : start + rows.shape[0], offset : offset + param.numel()]
+                    block.copy_(grad.reshape(rows.shape[0], -1))
+                offset += param.numel()
+        return jacobian
+
+
+class RepresentationEngine(BatchedEngine):
+    """Gradients with respect to the representation z only (MGDA-UB's engine).
+
+    Every engine gives per-task z-gradients (``representation_gradients``: T heads-sized
+    backward passes, batched here) and weighted backward passes; this one gives *only* those:
+    ``shared_jacobian`` raises instead of silently paying T encoder backward passes, so a run on
+    it is guaranteed to cost about one encoder backward per step whatever T is.
+    """
+
+    name: ClassVar[str] = "representation"
+
+    def shared_jacobian(self, state: StepState) -> Tensor:
+        raise RuntimeError(
+            "engine 'representation' computes per-task gradients w.r.t. the representation z "
+            "only; a method that needs the shared Jacobian must run on 'batched' or 'loop'"
+        )
 
 
 # (model, taskset, budget, calibration batch, **engine_options) -> engine
@@ -348,6 +394,7 @@ EngineFactory = Callable[..., GradientEngine]
 ENGINES: dict[str, EngineFactory] = {
     GradientEngine.name: GradientEngine,
     BatchedEngine.name: BatchedEngine,
+    RepresentationEngine.name: RepresentationEngine,
 }
 
 

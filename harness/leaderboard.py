@@ -137,7 +137,10 @@ def _plot(entries: list[dict[str, Any]], title: str, path: Path, objective_names
         rows = [r for r in entry["fronts"][seed] if r["solution_index"] >= 0]
         points = np.array([r["test_objectives"][:2] for r in rows])
         color = f"C{index % 10}"
-        if len(rows) > 2 and all(r["coordinates"] for r in rows) and entry["method"] != "single_task":
+        # a front parameterised by a 1-D family (2 tasks) is drawn as a curve along its
+        # coordinate; with 3+ tasks a grid on the simplex has no order, so it is scattered
+        curve = all(r["coordinates"] and len(r["coordinates"]) == 2 for r in rows)
+        if len(rows) > 2 and curve and entry["method"] != "single_task":
             order = np.argsort([r["coordinates"][0] for r in rows])
             axes.plot(points[order, 0], points[order, 1], "-o", ms=3, color=color, label=entry["label"])
         else:

@@ -50,11 +50,17 @@ class StackedMLPHeads(nn.Module):
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-            bound = 1.0 / math.sqrt(fan_in)
-            weight = torch.empty(num_tasks, fan_in, fan_out).uniform_(-bound, bound)
-            bias = torch.empty(num_tasks, fan_out).uniform_(-bound, bound)
-            self.weights.append(nn.Parameter(weight))
-            self.biases.append(nn.Parameter(bias))
+            self.weights.append(nn.Parameter(torch.empty(num_tasks, fan_in, fan_out)))
+            self.biases.append(nn.Parameter(torch.empty(num_tasks, fan_out)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw fresh weights as ``nn.Linear`` would: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+        with torch.no_grad():
+            for weight, bias in zip(self.weights, self.biases):
+                bound = 1.0 / math.sqrt(weight.shape[1])
+                weight.uniform_(-bound, bound)
+                bias.uniform_(-bound, bound)
 
     def forward(self, z: Tensor) -> Tensor:
         hidden = torch.einsum("bi,tio->bto", z.flatten(1), self.weights[0]) + self.biases[0]

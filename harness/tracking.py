@@ -167,8 +167,8 @@ def _front_artifact(result: RunResult, rows: list[dict[str, Any]]) -> dict[str, 
         "solutions": [
             {
                 "label": row["solution_label"],
-                "coordinates": row["coordinates"],
-                "test_objectives": row["test_objectives"],
+                "coordinates": row.get("coordinates"),  # absent from a failed run's row
+                "test_objectives": row.get("test_objectives"),
                 "on_front": row["on_front"],
                 "delta_m_pct": row["delta_m_pct"],
             }
