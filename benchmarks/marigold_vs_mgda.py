@@ -1,0 +1,253 @@
+"""MARIGOLD vs MGDA: how close its weights stay to MGDA's min-norm weights, and at what cost.
+
+Tracking. One training run per MARIGOLD variant. At every step, on the step's own forward pass
+(same batch, same dropout draw, same theta), MGDA's min-norm weights are computed from the exact
+Gram of the shared-parameter Jacobian (a second engine with its own budget, so MARIGOLD's tally
+is untouched; ``min_norm.min_norm_weights``, exact active set); MARIGOLD then takes its step on
+that same forward pass. Reported over the run: the L1 distance between the weights MARIGOLD
+applied and MGDA's (mean / median / mean over the last 10% of steps) and the relative excess of
+the MGDA objective, (F(w) - F(w_mgda)) / F(w_mgda), F(w) = w^T M w (median). Two references
+frame the numbers: uniform weights (EW), and MGDA's weights of the *previous* step (how much the
+per-batch target itself moves). Since per-batch MGDA weights are noisy, every ``--eval-every``
+steps both MARIGOLD's weights and the per-batch MGDA weights are also compared with MGDA's
+weights on a large batch (``--large-batch`` samples, same theta): "L1 large" is MARIGOLD's
+distance to them, and the last table row the per-batch MGDA's. Also: FLOPs per step / EW's (from
+the budget tally).
+
+Timing. Step time of each method / EW's, on one batch, in interleaved blocks in one process
+(median of per-block ratios): EW, exact MGDA (``batched`` engine) and the MARIGOLD variants.
+
+Problems: ``multidigits`` (T = 2, the LeNet), ``teacher`` (T tasks of 4 classes from a random
+two-layer teacher, MLP encoder 32 -> 64 -> 64, linear heads; ``--tasks``) and, for timing only,
+``--resnet`` (CelebA's ResNet-18 with T = 40 heads on random 64x64 images).
+
+Run: ``python benchmarks/marigold_vs_mgda.py --problem teacher --tasks 10``
+     ``python benchmarks/marigold_vs_mgda.py --problem multidigits``
+     ``python benchmarks/marigold_vs_mgda.py --resnet --batch-size 32 --skip-tracking``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtlbench.harness.budget import Budget
+from mtlbench.harness.data import training_batches
+from mtlbench.harness.gradients import get_engine
+from mtlbench.harness.method import Method, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
+from mtlbench.harness.registry import DATASETS, METHODS
+from mtlbench.harness.tasks import TaskSet, TaskSpec
+from mtlbench.methods.min_norm import min_norm_weights
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default (exact, pairs, q=1)": {},
+    "exact, pairs, q=4": {"num_directions": 4},
+    "central, pairs, q=1, mu=1": {"estimator": "central"},
+    "exact, gaussian, q=1": {"direction_distribution": "gaussian"},
+    "exact, pairs, q=1, k=4": {"update_every": 4},
+    "fixed rule, central, q=4, eta=1": {
+        "step_rule": "fixed", "estimator": "central", "num_directions": 4, "weight_step": 1.0,
+    },
+}
+
+
+# ---- problems --------------------------------------------------------------------------------
+def teacher_problem(num_tasks: int, samples: int = 4096, seed: int = 0):
+    """(taskset, build_model, train tensors): T 4-class tasks read from a random teacher."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(samples, 32, generator=generator)
+    hidden = torch.tanh(inputs @ torch.randn(32, 16, generator=generator))
+    readout = torch.randn(num_tasks, 16, 4, generator=generator)
+    targets = torch.einsum("bh,thc->btc", hidden, readout).argmax(-1).float()
+    taskset = TaskSet([TaskSpec(f"t{t}", "classification", 4) for t in range(num_tasks)])
+
+    def build_model() -> MultiTaskModel:
+        encoder = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+        return MultiTaskModel(encoder, StackedMLPHeads(num_tasks, 64, 4, hidden=None), num_tasks)
+
+    return taskset, build_model, (inputs, targets)
+
+
+def multidigits_problem():
+    dataset_cls = DATASETS.get("multidigits")
+    dataset = dataset_cls(dataset_cls.Params(val_pairs=1, test_pairs=1))
+    return dataset_cls.taskset(dataset.params), dataset.build_model, dataset.load().train.tensors
+
+
+def resnet_problem(batch_size: int):
+    """CelebA's model (ResNet-18, 40 heads of 2 classes) on one random batch: timing only."""
+    dataset_cls = DATASETS.get("celeba")
+    params = dataset_cls.Params()
+    taskset = dataset_cls.taskset(params)
+    dataset = dataset_cls(params)
+    generator = torch.Generator().manual_seed(0)
+    side = params.image_size
+    inputs = torch.randn(batch_size, 3, side, side, generator=generator)
+    targets = torch.randint(0, 2, (batch_size, len(taskset)), generator=generator).float()
+    return taskset, dataset.build_model, (inputs, targets)
+
+
+def make_method(name: str, params: dict[str, Any], model, taskset, training) -> Method:
+    method_cls = METHODS.get(name)
+    return method_cls(method_cls.Params.model_validate(params), model, taskset, training)
+
+
+def ew_step_flops(engine) -> Callable[[int], float]:
+    kinds = ("encoder_forward", "heads_forward", "heads_backward", "encoder_backward")
+    return lambda size: sum(engine.costs.flops(kind, size) for kind in kinds)
+
+
+# ---- tracking --------------------------------------------------------------------------------
+def track(params: dict[str, Any], taskset, build_model, train, args) -> dict[str, float]:
+    """Train MARIGOLD with ``params`` for ``args.steps`` steps; distances to MGDA per step."""
+    torch.manual_seed(args.seed)
+    model = build_model()
+    training = TrainingConfig(batch_size=args.batch_size, lr=args.lr)
+    method = make_method("marigold", params, model, taskset, training)
+    batches = training_batches(torch.utils.data.TensorDataset(*train), args.batch_size, args.seed,
+                               torch.device("cpu"))
+    first = next(batches)
+    budget = Budget("flops", 1e30)
+    engine = get_engine("loop")(model, taskset, budget, first)
+    reference = get_engine("batched")(model, taskset, Budget("flops", 1e30), first)
+    uniform = torch.full((len(taskset),), 1.0 / len(taskset), dtype=torch.float64)
+    keys = ("l1", "gap", "l1_uniform", "gap_uniform", "l1_lag", "l1_large", "l1_batch_large")
+    rows: dict[str, list[float]] = {key: [] for key in keys}
+    large_batch = (train[0][: args.large_batch], train[1][: args.large_batch])
+    previous = None
+    batch = first
+    for step in range(args.steps):
+        if step % args.eval_every == args.eval_every - 1:
+            large = reference.shared_jacobian(reference.forward(large_batch)).double()
+            large_mgda = min_norm_weights(large @ large.T).double()
+        state = engine.forward(batch)
+        jacobian = reference.shared_jacobian(state).double()
+        gram = jacobian @ jacobian.T
+        mgda = min_norm_weights(gram).double()
+        state.representation_grads, state.shared_jacobian = None, None
+        # MARIGOLD's step on this very forward pass (its forward is already charged above).
+        engine.forward = lambda _batch, state=state: state  # type: ignore[method-assign]
+        weights = method.step(batch, engine)["weights"].double()
+        del engine.forward
+        objective = mgda @ gram @ mgda
+        rows["l1"].append(float((weights - mgda).abs().sum()))
+        rows["gap"].append(float((weights @ gram @ weights - objective) / objective))
+        rows["l1_uniform"].append(float((uniform - mgda).abs().sum()))
+        rows["gap_uniform"].append(float((uniform @ gram @ uniform - objective) / objective))
+        if previous is not None:
+            rows["l1_lag"].append(float((previous - mgda).abs().sum()))
+        if step % args.eval_every == args.eval_every - 1:
+            rows["l1_large"].append(float((weights - large_mgda).abs().sum()))
+            rows["l1_batch_large"].append(float((mgda - large_mgda).abs().sum()))
+        previous = mgda
+        batch = next(batches)
+    tail = max(1, args.steps // 10)
+    per_step_flops = budget.spent_flops / args.steps
+    return {
+        "l1_mean": float(np.mean(rows["l1"])),
+        "l1_median": float(np.median(rows["l1"])),
+        "l1_final": float(np.mean(rows["l1"][-tail:])),
+        "gap_median": float(np.median(rows["gap"])),
+        "uniform_l1_mean": float(np.mean(rows["l1_uniform"])),
+        "uniform_gap_median": float(np.median(rows["gap_uniform"])),
+        "lag_l1_mean": float(np.mean(rows["l1_lag"])),
+        "large_l1_mean": float(np.mean(rows["l1_large"])),
+        "batch_large_l1_mean": float(np.mean(rows["l1_batch_large"])),
+        "flops_ratio": per_step_flops / ew_step_flops(engine)(args.batch_size),
+    }
+
+
+# ---- timing ----------------------------------------------------------------------------------
+def time_steps(entries: dict[str, tuple[str, dict[str, Any], str]], taskset, build_model, batch,
+               args) -> dict[str, float]:
+    """Median over interleaved blocks of (method step time / EW step time)."""
+    training = TrainingConfig(batch_size=int(batch[0].shape[0]), lr=args.lr)
+    steppers = {}
+    for label, (name, params, engine_name) in entries.items():
+        torch.manual_seed(0)
+        method = make_method(name, params, build_model(), taskset, training)
+        engine = get_engine(engine_name)(method.model, taskset, Budget("flops", 1e30), batch)
+        steppers[label] = (method, engine)
+
+    def block(label: str) -> float:
+        method, engine = steppers[label]
+        start = time.perf_counter()
+        for _ in range(args.timing_steps):
+            method.step(batch, engine)
+        return (time.perf_counter() - start) / args.timing_steps
+
+    for label in steppers:  # warm-up
+        block(label)
+    ratios: dict[str, list[float]] = {label: [] for label in steppers}
+    for _ in range(args.blocks):
+        ew = block("ew")
+        for label in steppers:
+            ratios[label].append((ew if label == "ew" else block(label)) / ew)
+    return {label: statistics.median(values) for label, values in ratios.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problem", choices=["teacher", "multidigits"], default="teacher")
+    parser.add_argument("--tasks", type=int, default=10, help="teacher problem only")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--large-batch", type=int, default=2048)
+    parser.add_argument("--blocks", type=int, default=7)
+    parser.add_argument("--timing-steps", type=int, default=10)
+    parser.add_argument("--resnet", action="store_true", help="time CelebA's ResNet-18, T = 40")
+    parser.add_argument("--skip-tracking", action="store_true")
+    args = parser.parse_args()
+    if args.problem == "teacher":
+        taskset, build_model, train = teacher_problem(args.tasks)
+    else:
+        taskset, build_model, train = multidigits_problem()
+    print(f"problem {args.problem}, T = {len(taskset)}, batch {args.batch_size}, "
+          f"Adam lr {args.lr}, {args.steps} steps, seed {args.seed}, threads {torch.get_num_threads()}")
+
+    if not args.skip_tracking:
+        print("\nL1 distance of the applied weights to MGDA's min-norm weights on the same batch;"
+              " gap: (F(w) - F*) / F*")
+        print(f"{'variant':34s} {'L1 mean':>8s} {'median':>8s} {'final':>8s} {'gap med':>8s} "
+              f"{'L1 large':>8s} {'FLOPs/EW':>8s}")
+        reference_row = None
+        for label, params in VARIANTS.items():
+            row = track(params, taskset, build_model, train, args)
+            reference_row = reference_row or row
+            print(f"{label:34s} {row['l1_mean']:8.4f} {row['l1_median']:8.4f} "
+                  f"{row['l1_final']:8.4f} {row['gap_median']:8.2e} {row['large_l1_mean']:8.4f} "
+                  f"{row['flops_ratio']:8.2f}")
+        print(f"{'uniform weights (EW)':34s} {reference_row['uniform_l1_mean']:8.4f} "
+              f"{'':8s} {'':8s} {reference_row['uniform_gap_median']:8.2e}")
+        print(f"{'MGDA weights of the previous step':34s} {reference_row['lag_l1_mean']:8.4f}")
+        print(f"{'per-batch MGDA weights':34s} {'':8s} {'':8s} {'':8s} {'':8s} "
+              f"{reference_row['batch_large_l1_mean']:8.4f}")
+
+    timing_problems = [(args.problem, taskset, build_model, train)]
+    if args.resnet:
+        timing_problems = [("resnet18 celeba", *resnet_problem(args.batch_size))]
+    entries = {"ew": ("ew", {}, "loop"), "mgda (batched)": ("mgda", {}, "batched")}
+    for label in ("default (exact, pairs, q=1)", "central, pairs, q=1, mu=1",
+                  "exact, pairs, q=1, k=4"):
+        entries[f"marigold {label}"] = ("marigold", VARIANTS[label], "loop")
+    for name, taskset, build_model, data in timing_problems:
+        batch = (data[0][: args.batch_size], data[1][: args.batch_size])
+        ratios = time_steps(entries, taskset, build_model, batch, args)
+        print(f"\nstep time / EW step time ({name}, T = {len(taskset)}, batch {args.batch_size}, "
+              f"median of {args.blocks} interleaved blocks of {args.timing_steps} steps)")
+        for label, ratio in ratios.items():
+            print(f"  {label:44s} {ratio:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
