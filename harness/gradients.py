@@ -251,6 +251,15 @@ class GradientEngine:
             state.shared_jacobian = self._shared_jacobian(state, z_grads)
         return state.shared_jacobian
 
+    def shared_gram(self, state: StepState) -> Tensor:
+        """Gram matrix (T, T) of the per-task shared gradients, g_t·g_s: all a min-norm solver needs.
+
+        Here J Jᵀ from :meth:`shared_jacobian` (cached); engines holding J in shards (Ray actors)
+        assemble it without gathering J.
+        """
+        jacobian = self.shared_jacobian(state)
+        return jacobian @ jacobian.T
+
     # ---- what subclasses change -------------------------------------------------------------
     def _representation_grads(self, state: StepState) -> Tensor:
         rows = [
