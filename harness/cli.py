@@ -64,6 +64,38 @@ def run(
 
 
 @app.command()
+def submit(
+    suite_path: Path = typer.Argument(..., metavar="SUITE", help="suite YAML file inside the project"),
+    address: Optional[str] = typer.Option(
+        None, help="Ray job server (dashboard) address, e.g. http://head:8265 (default: RAY_ADDRESS)"
+    ),
+    results_dir: Optional[str] = typer.Option(None, help="results folder on the head node [default: $HOME/mtlbench-results]"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI the job writes to"),
+    working_dir: Optional[Path] = typer.Option(None, help="folder uploaded as the job's working dir [default: the project]"),
+    ship_code: bool = typer.Option(True, help="ship this checkout's code with the job (py_modules)"),
+    dry_run: bool = typer.Option(False, help="print the job (JSON) and the equivalent `ray job submit`; send nothing"),
+) -> None:
+    """Run SUITE on a Ray cluster as a Ray job (`ray job submit`), the project as working dir."""
+    import json
+
+    from mtlbench.cluster.submit import SubmitError, build_submission
+    from mtlbench.cluster.submit import submit as send
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        job = build_submission(suite_path, address, results_dir, tracking_uri, working_dir, ship_code)
+    except (ConfigError, SubmitError) as error:
+        _fail(str(error))
+    if dry_run:
+        typer.echo(json.dumps(job.describe(), indent=2))
+        return
+    submission_id = send(job)
+    where = f" --address {address}" if address else ""
+    typer.echo(submission_id)
+    console.print(f"submitted; follow it with: ray job logs --follow {submission_id}{where}")
+
+
+@app.command()
 def leaderboard(
     results_dir: Path = typer.Option(Path("results"), help="folder holding runs/ (Parquet)"),
 ) -> None:

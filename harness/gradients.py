@@ -301,6 +301,22 @@ class GradientEngine:
         self.budget.charge("combine", 2.0 * flat.shape[0] * flat.shape[1])
         return (weights.to(flat)[None, :] @ flat).view(rows.shape[1:])
 
+    def shared_gram(self, state: StepState) -> Tensor:
+        """Gram matrix (T, T) of the per-task shared gradients, g_t·g_s: all a min-norm solver needs.
+
+        Here ``gram(shared_jacobian)``; engines holding J in shards (Ray actors) assemble it
+        without gathering J.
+        """
+        return self.gram(self.shared_jacobian(state))
+
+    def shared_combination(self, state: StepState, weights: Tensor) -> Tensor:
+        """sum_t w_t g_t (P,) from the per-task shared gradients this step already computed.
+
+        Here ``combine(weights, shared_jacobian)``, no backward pass; sharded engines combine
+        where the shards lie. Call after :meth:`shared_gram` or :meth:`shared_jacobian`.
+        """
+        return self.combine(weights, self.shared_jacobian(state))
+
     # ---- what subclasses change -------------------------------------------------------------
     def _representation_grads(self, state: StepState) -> Tensor:
         """T backward passes through the heads (each charged), one per task."""

@@ -173,5 +173,6 @@ def _front_artifact(result: RunResult, rows: list[dict[str, Any]]) -> dict[str, 
                 "delta_m_pct": row["delta_m_pct"],
             }
             for row in rows
+            if row["solution_index"] >= 0  # a failed run's placeholder row has no solution
         ],
     }

@@ -63,27 +63,25 @@ class MGDA(Method):
         self._previous_weights: Tensor | None = None
 
     # ---- what mgda_ub changes ------------------------------------------------------------
-    def task_gradients(self, state: StepState, engine: GradientEngine) -> Tensor:
-        """Per-task gradients whose Gram decides the weights: the shared Jacobian (T, P)."""
-        return engine.shared_jacobian(state)
+    def task_gram(self, state: StepState, engine: GradientEngine) -> Tensor:
+        """Gram (T, T) of the per-task gradients that decide the weights: the shared Jacobian's.
+
+        Local engines form it from the Jacobian; ``ray_sharded`` from parameter shards, never
+        gathering the (T, P) Jacobian.
+        """
+        return engine.shared_gram(state)
 
     def apply(
-        self,
-        state: StepState,
-        engine: GradientEngine,
-        gradients: Tensor,
-        weights: Tensor,
-        head_weights: Tensor,
+        self, state: StepState, engine: GradientEngine, weights: Tensor, head_weights: Tensor
     ) -> None:
-        """Write sum_t a_t g_t (from the Jacobian in hand) and the head gradients to ``.grad``."""
-        engine.apply_shared_direction(state, engine.combine(weights, gradients), head_weights)
+        """Write sum_t a_t g_t (from the per-task gradients in hand) and head gradients to ``.grad``."""
+        engine.apply_shared_direction(state, engine.shared_combination(state, weights), head_weights)
 
     # ---- the step ---------------------------------------------------------------------------
     def step(self, batch: Batch, engine: GradientEngine) -> StepLog:
         self.optimizer.zero_grad(set_to_none=True)
         state = engine.forward(batch)
-        gradients = self.task_gradients(state, engine)
-        gram = engine.gram(gradients)
+        gram = self.task_gram(state, engine)
         params: MGDAParams = self.params  # type: ignore[assignment]
         weights = mgda_weights(
             gram,
@@ -95,7 +93,7 @@ class MGDA(Method):
         )
         self._previous_weights = weights
         head_weights = torch.ones_like(weights) if params.head_gradient == "own" else weights
-        self.apply(state, engine, gradients, weights, head_weights)
+        self.apply(state, engine, weights, head_weights)
         self.optimizer.step()
         direction_norm = (weights @ gram.to(weights) @ weights).clamp_min(0).sqrt()
         return {

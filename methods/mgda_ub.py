@@ -39,17 +39,12 @@ class MGDAUB(MGDA):
 
     default_engine = "representation"
 
-    def task_gradients(self, state: StepState, engine: GradientEngine) -> Tensor:
-        """Per-task gradients of the losses w.r.t. z: (T, *z.shape) (cached on the state)."""
-        return engine.representation_gradients(state)
+    def task_gram(self, state: StepState, engine: GradientEngine) -> Tensor:
+        """Gram (T, T) of the per-task gradients of the losses w.r.t. z (T, *z.shape)."""
+        return engine.gram(engine.representation_gradients(state))
 
     def apply(
-        self,
-        state: StepState,
-        engine: GradientEngine,
-        gradients: Tensor,
-        weights: Tensor,
-        head_weights: Tensor,
+        self, state: StepState, engine: GradientEngine, weights: Tensor, head_weights: Tensor
     ) -> None:
         """One backward of sum_t a_t L_t through the encoder, from the cached z-gradients."""
         engine.backward(state, weights, head_weights=head_weights)

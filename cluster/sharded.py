@@ -1,0 +1,634 @@
+"""Engine ``ray_sharded``: per-task gradients sharded over K Ray actors (one per device).
+
+The driver keeps the method's model (its optimizer updates it) and makes the passes that do not
+grow with T itself, exactly as the ``loop`` engine does: the forward, the weighted backward of
+EW-like methods, the heads. Only the T-fold work is sharded: for the exact per-task Jacobian
+(MGDA, Sener & Koltun 2018), actor k holds a replica of the model and computes the rows of its
+share of the T tasks (one encoder backward per task).
+
+Replicas are kept identical to the driver by *receiving the parameters* (and buffers) whenever
+they changed, once per step through the object store (``ray.put`` once, read by every actor). The
+alternative the design card names, every actor applying the same update, would need the update
+itself shipped (the optimizer belongs to the method and runs on the driver): the same P numbers
+per step, but not bit-exact (θ + (θ' − θ) ≠ θ' in floating point) and with optimizer state to
+replicate. Each actor then replays the driver's forward on the same batch with the driver's RNG
+state, so dropout draws the same masks and its rows equal the driver's to rounding.
+
+How the Gram matrix ``G = J Jᵀ`` (T×T) is assembled, with J (T×P) in task shards (option
+``gram``), bytes per step (float32, K actors, P shared parameters, P_all all parameters and
+buffers, T tasks, B samples, D representation width)::
+
+    both     parameters P_all·4·K (when they changed), batch ·K, RNG state 5 KB·K
+    gather   rows to the driver: T·P·4. The driver forms J Jᵀ and keeps J, so Σ aₜgₜ costs
+             no more bytes.
+    parameter  all-to-all by parameter shard: actor k sends J[its tasks, shard l] to actor l,
+             (K−1)/K·T·P·4 in all; each actor returns its T×T partial Gram (K·T²·4); after the
+             solver, a (K·T·4 out) and each actor's slice of Σ aₜgₜ (P·4 back in all).
+
+``parameter`` moves (K−1)/K·T·P + P + K·T² numbers against ``gather``'s T·P: fewer from K ≤ T−1
+on (for K = 2, T = 8: 0.625·T·P against T·P), and the driver never holds the T×P Jacobian (its
+memory stays at the size of one gradient); the sum of the K partial Grams differs from J Jᵀ by
+rounding only. So ``parameter`` is the default; ``gather`` is kept for methods that need J itself.
+A task-sharded all-gather among the actors instead (each needs every row to form its Gram
+blocks) would move (K−1)·T·P.
+
+MGDA-UB needs only ∂Lₜ/∂z, T×B×D numbers made by the heads, which the driver already holds: by
+default they are computed on the driver (0 bytes, T head-sized products). With
+``shard_representation: true`` the actors compute them instead (z out, K·B·D·4; rows back,
+T·B·D·4): worth it only when the heads are heavy (e.g. dense-prediction decoders).
+
+Budget: every pass actually made is charged, summed over actors: the K replayed forwards
+(encoder and heads) plus T heads-input and T encoder backwards for the Jacobian. A recomputation
+after an actor failure is not charged (a fault is not the method's cost); it is counted in
+``engine.stats.restarts``.
+
+Failures: an actor that dies (killed, node lost) is replaced by a new one that receives the
+driver's current parameters (the last synchronized state, which the driver always holds), and
+the interrupted exchange is redone, so the run goes on with the numbers it would have had.
+
+Options (suite ``engine_options``): ``actors`` K (default: ``MTLBENCH_RAY_ACTORS``, else the
+cluster's GPUs when ``gpus_per_actor`` > 0, else 2; at most T), ``gram`` (``parameter`` |
+``gather``), ``cpus_per_actor`` (1), ``gpus_per_actor`` (0), ``threads_per_actor`` (torch threads;
+default ``cpus_per_actor`` rounded, at least 1), ``shard_representation`` (false),
+``max_restarts`` (3), ``ready_timeout_s`` (120: time allowed to place the actors).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any, Callable, ClassVar, Literal, TypeVar
+
+import numpy as np
+import ray
+import torch
+from torch import Tensor
+
+from mtlbench.cluster._ray_setup import connect
+from mtlbench.harness.budget import Budget, BudgetExhausted
+from mtlbench.harness.gradients import Batch, GradientEngine, StepState, flatten_gradients, register_engine
+from mtlbench.harness.model import MultiTaskModel
+from mtlbench.harness.tasks import TaskSet
+
+ACTORS_ENV = "MTLBENCH_RAY_ACTORS"
+ACTOR_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+Result = TypeVar("Result")
+
+
+# ---- what crosses the wire -----------------------------------------------------------------
+@dataclass
+class TransferStats:
+    """Logical bytes moved between the driver and the actors (and among actors), by kind.
+
+    ``steps`` counts forward passes, so ``bytes_per_step`` is the mean over the run.
+    """
+
+    bytes_by_kind: dict[str, int] = field(default_factory=dict)
+    steps: int = 0
+    restarts: int = 0
+
+    def add(self, kind: str, nbytes: int) -> None:
+        self.bytes_by_kind[kind] = self.bytes_by_kind.get(kind, 0) + int(nbytes)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes_by_kind.values())
+
+    def bytes_per_step(self) -> dict[str, float]:
+        steps = max(self.steps, 1)
+        return {kind: value / steps for kind, value in sorted(self.bytes_by_kind.items())}
+
+
+def _rng_state(device: torch.device) -> dict[str, Tensor]:
+    """The generators a forward on ``device`` draws from (CPU always; CUDA when used)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _nbytes(arrays: list[np.ndarray]) -> int:
+    return sum(int(a.nbytes) for a in arrays)
+
+
+def _as_tensor(array: np.ndarray, device: torch.device) -> Tensor:
+    """A tensor over a (possibly read-only, object-store backed) array, moved to ``device``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only zero-copy arrays are only read
+        return torch.as_tensor(array).to(device)
+
+
+# ---- the actor -------------------------------------------------------------------------------
+class ShardWorker:
+    """One replica of the model on one device, computing the rows of its share of the tasks.
+
+    tasks: the task indices this actor owns (contiguous). column_bounds: (K+1,) offsets of the
+    parameter shards over the P shared parameters; ``rank`` is this actor's shard.
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        tasks: list[int],
+        rank: int,
+        column_bounds: list[int],
+        threads: int,
+        device: str,
+    ):
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        self.device = torch.device("cuda" if device == "cuda" and torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device)
+        self.taskset = taskset
+        self.tasks = tasks
+        self.rank = rank
+        self.column_bounds = column_bounds
+        self.version = -1
+        self.token = -1
+        self.rows_held: Tensor | None = None  # (n_k, P) this actor's tasks, all shared params
+        self.columns: Tensor | None = None  # (T, P_rank) every task, this actor's params
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _sync(self, version: int, holder: list[Any]) -> None:
+        if version == self.version:
+            return
+        arrays = ray.get(holder[0])
+        names = list(self.model.state_dict())
+        state = {name: _as_tensor(array, self.device) for name, array in zip(names, arrays)}
+        self.model.load_state_dict(state)
+        self.version = version
+
+    def _replay(self, batch: tuple[np.ndarray, np.ndarray], rng: dict[str, Tensor], training: bool):
+        """The driver's forward, redone: same parameters, batch and RNG state."""
+        inputs, targets = (_as_tensor(part, self.device) for part in batch)
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.model.train(training)
+        representation = self.model.encoder(inputs)
+        detached = representation.detach().requires_grad_(True)
+        task_losses = self.taskset.losses(self.model.heads(detached.view_as(detached)), targets)
+        return representation, detached, task_losses
+
+    def _rows(self, version, holder, batch, rng, training) -> Tensor:
+        self._sync(version, holder)
+        representation, detached, task_losses = self._replay(batch, rng, training)
+        shared = self.model.shared_parameters()
+        z_grads = [
+            torch.autograd.grad(task_losses[t], detached, retain_graph=True)[0] for t in self.tasks
+        ]
+        rows = []
+        for z_grad in z_grads:
+            grads = torch.autograd.grad(
+                representation, shared, z_grad, retain_graph=True, allow_unused=True
+            )
+            rows.append(flatten_gradients(grads, shared))
+        return torch.stack(rows).detach()
+
+    def jacobian_rows(self, version, holder, batch, rng, training) -> np.ndarray:
+        """Rows (n_k, P) of the shared Jacobian for this actor's tasks (``gather``)."""
+        return self._rows(version, holder, batch, rng, training).cpu().numpy()
+
+    def jacobian_blocks(self, token, version, holder, batch, rng, training) -> list[np.ndarray | None]:
+        """This actor's rows cut at the parameter shards: block l goes to actor l (own: None)."""
+        rows = self._rows(version, holder, batch, rng, training)
+        self.token, self.rows_held, self.columns = token, rows, None
+        blocks: list[np.ndarray | None] = []
+        for shard in range(len(self.column_bounds) - 1):
+            start, stop = self.column_bounds[shard], self.column_bounds[shard + 1]
+            blocks.append(None if shard == self.rank else rows[:, start:stop].cpu().numpy())
+        return blocks if len(blocks) > 1 else blocks[0]
+
+    def assemble(self, token: int, task_counts: list[int], *blocks: np.ndarray) -> np.ndarray:
+        """Stack every actor's block of this parameter shard in task order; return its Gram.
+
+        blocks: the other actors' blocks (n_j, P_rank), in actor order. Returns (T, T).
+        """
+        if token != self.token or self.rows_held is None:
+            raise RuntimeError(f"assemble: step {token} is not resident (holding {self.token})")
+        start, stop = self.column_bounds[self.rank], self.column_bounds[self.rank + 1]
+        others = iter(blocks)
+        pieces = [
+            self.rows_held[:, start:stop] if shard == self.rank else _as_tensor(next(others), self.device)
+            for shard in range(len(task_counts))
+        ]
+        self.columns = torch.cat(pieces)
+        return (self.columns @ self.columns.T).cpu().numpy()
+
+    def combine(self, token: int, weights: np.ndarray) -> np.ndarray:
+        """This actor's slice (P_rank,) of Σ_t weights_t g_t."""
+        if token != self.token or self.columns is None:
+            raise RuntimeError(f"combine: step {token} is not resident (holding {self.token})")
+        return (_as_tensor(weights, self.device).to(self.columns.dtype) @ self.columns).cpu().numpy()
+
+    def column_shard(self, token: int) -> np.ndarray:
+        """The resident (T, P_rank) columns of the Jacobian."""
+        if token != self.token or self.columns is None:
+            raise RuntimeError(f"column_shard: step {token} is not resident (holding {self.token})")
+        return self.columns.cpu().numpy()
+
+    def representation_rows(self, version, holder, representation, targets, rng, training) -> np.ndarray:
+        """∂L_t/∂z (n_k, *z.shape) for this actor's tasks, from the driver's z (MGDA-UB)."""
+        self._sync(version, holder)
+        detached = _as_tensor(representation, self.device).clone().requires_grad_(True)
+        targets_tensor = _as_tensor(targets, self.device)
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.model.train(training)
+        task_losses = self.taskset.losses(self.model.heads(detached.view_as(detached)), targets_tensor)
+        rows = [torch.autograd.grad(task_losses[t], detached, retain_graph=True)[0] for t in self.tasks]
+        return torch.stack(rows).cpu().numpy()
+
+
+_RemoteShardWorker = ray.remote(ShardWorker)
+
+
+# ---- the pool of actors ----------------------------------------------------------------------
+class ShardPool:
+    """K actors, replaced when they die; tracks which parameter version each one holds."""
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        task_shards: list[list[int]],
+        column_bounds: list[int],
+        cpus_per_actor: float,
+        gpus_per_actor: float,
+        threads_per_actor: int,
+        ready_timeout_s: float,
+    ):
+        self.model_ref = ray.put(copy.deepcopy(model).cpu())
+        self.taskset = taskset
+        self.task_shards = task_shards
+        self.column_bounds = column_bounds
+        self.cpus, self.gpus, self.threads = cpus_per_actor, gpus_per_actor, threads_per_actor
+        self.ready_timeout_s = ready_timeout_s
+        self.actors = [self._spawn(rank) for rank in range(len(task_shards))]
+        self.versions = [-1] * len(self.actors)
+        self._wait_ready(list(range(len(self.actors))))
+
+    def _spawn(self, rank: int):
+        return _RemoteShardWorker.options(
+            num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0
+        ).remote(
+            self.model_ref,
+            self.taskset,
+            self.task_shards[rank],
+            rank,
+            self.column_bounds,
+            self.threads,
+            "cuda" if self.gpus > 0 else "cpu",
+        )
+
+    def _wait_ready(self, ranks: list[int]) -> None:
+        pending = [self.actors[rank].pid.remote() for rank in ranks]
+        ready, _ = ray.wait(pending, num_returns=len(pending), timeout=self.ready_timeout_s)
+        if len(ready) < len(pending):
+            free = ray.available_resources()
+            raise RuntimeError(
+                f"ray_sharded: could not start {len(pending)} actor(s) with {self.cpus} CPU and "
+                f"{self.gpus} GPU each within {self.ready_timeout_s:.0f} s (free: "
+                f"CPU {free.get('CPU', 0):g}, GPU {free.get('GPU', 0):g}); lower actors or "
+                "cpus_per_actor, or give the run fewer resources"
+            )
+        ray.get(ready)  # surfaces a constructor error
+
+    def pids(self) -> list[int]:
+        return ray.get([actor.pid.remote() for actor in self.actors])
+
+    def replace_dead(self) -> int:
+        """Replace every actor that no longer answers; returns how many were replaced."""
+        dead = []
+        for rank, actor in enumerate(self.actors):
+            try:
+                ray.get(actor.pid.remote(), timeout=30)
+            except (*ACTOR_FAILURES, ray.exceptions.GetTimeoutError):
+                dead.append(rank)
+        for rank in dead:
+            ray.kill(self.actors[rank], no_restart=True)
+            self.actors[rank] = self._spawn(rank)
+            self.versions[rank] = -1
+        if dead:
+            self._wait_ready(dead)
+        return len(dead)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+
+# ---- the engine ------------------------------------------------------------------------------
+@dataclass
+class _Replay:
+    """What an actor needs to redo the driver's forward of one step."""
+
+    token: int
+    rng: dict[str, Tensor]
+    heads_rng: dict[str, Tensor]
+    training: bool
+    version: tuple[int, ...]
+    batch_ref: Any = None
+
+
+class RayShardedEngine(GradientEngine):
+    """Per-task gradients computed by K Ray actors, each owning a contiguous share of the tasks."""
+
+    name: ClassVar[str] = "ray_sharded"
+    _tokens = count()
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        budget: Budget,
+        calibration: Batch,
+        actors: int | None = None,
+        gram: Literal["parameter", "gather"] = "parameter",
+        cpus_per_actor: float = 1.0,
+        gpus_per_actor: float = 0.0,
+        threads_per_actor: int | None = None,
+        shard_representation: bool = False,
+        max_restarts: int = 3,
+        ready_timeout_s: float = 120.0,
+    ):
+        if gram not in ("parameter", "gather"):
+            raise ValueError(f"engine_options.gram: expected 'parameter' or 'gather', got {gram!r}")
+        if cpus_per_actor < 0 or gpus_per_actor < 0:
+            raise ValueError("engine_options.cpus_per_actor / gpus_per_actor: must be >= 0")
+        super().__init__(model, taskset, budget, calibration)
+        requested = actors or int(os.environ.get(ACTORS_ENV, "0") or 0)
+        if requested < 0 or (actors is not None and actors < 1):
+            raise ValueError(f"engine_options.actors: must be >= 1, got {actors}")
+        self.requested_actors = requested  # 0: decided when the actors start
+        self.gram_strategy = gram
+        self.shard_representation = shard_representation
+        self.max_restarts = max_restarts
+        self.actor_resources = (cpus_per_actor, gpus_per_actor, threads_per_actor or max(1, round(cpus_per_actor)))
+        self.ready_timeout_s = ready_timeout_s
+        self.device = next(model.parameters()).device
+        self.stats = TransferStats()
+        self.num_actors = 0
+        self.task_shards: list[list[int]] = []
+        self.column_bounds: list[int] = []
+        self._pool: ShardPool | None = None
+        self._tensors = [*model.parameters(), *model.buffers()]
+        self._synced_version: tuple[int, ...] | None = None
+        self._state_holder: list[Any] = []
+        self._state_nbytes = 0
+        self._version_id = -1
+        self._resident_token = -1
+        self._heads_rng: dict[str, Tensor] = {}
+        self._hook = model.heads.register_forward_pre_hook(self._remember_heads_rng)
+
+    @property
+    def pool(self) -> ShardPool:
+        """The K actors, started on the first per-task request (an EW run never starts them)."""
+        if self._pool is None:
+            connect()
+            cpus, gpus, threads = self.actor_resources
+            requested = self.requested_actors
+            if not requested:
+                cluster_gpus = int(ray.cluster_resources().get("GPU", 0)) if gpus > 0 else 0
+                requested = max(cluster_gpus, 2)
+            self.num_actors = min(requested, self.num_tasks)
+            self.task_shards = [
+                [int(t) for t in shard] for shard in np.array_split(np.arange(self.num_tasks), self.num_actors)
+            ]
+            self.column_bounds = [
+                int(b) for b in np.linspace(0, self.num_shared, self.num_actors + 1).round().astype(int)
+            ]
+            self._pool = ShardPool(
+                self.model, self.taskset, self.task_shards, self.column_bounds, cpus, gpus, threads,
+                self.ready_timeout_s,
+            )
+        return self._pool
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+    def _remember_heads_rng(self, module, inputs) -> None:
+        self._heads_rng = _rng_state(self.device)
+
+    def _version(self) -> tuple[int, ...]:
+        return tuple(t._version for t in self._tensors)
+
+    def actor_pids(self) -> list[int]:
+        """Process ids of the K actors (tests kill them to check recovery)."""
+        return self.pool.pids()
+
+    def close(self) -> None:
+        """End the actors (they also end when the engine is garbage-collected)."""
+        self._hook.remove()
+        if self._pool is not None:
+            self._pool.close()
+
+    def _charge_together(self, charges: list[tuple[str, int]], batch_size: int) -> None:
+        """Charge several pass kinds as one: all of them, or (BudgetExhausted) none."""
+        total = sum(self.costs.flops(kind, batch_size, passes) for kind, passes in charges)
+        if self.budget.kind == "flops" and self.budget.spent_flops + total > self.budget.limit:
+            raise BudgetExhausted(f"sharded Jacobian needs {total:.3g} FLOPs, {self.budget.remaining:.3g} left")
+        for kind, passes in charges:
+            self.charge(kind, batch_size, passes)
+
+    def _parameters_ref(self, replay: _Replay) -> tuple[int, list[Any]]:
+        """The object holding the driver's parameters and buffers (put again when they changed)."""
+        if replay.version != self._version():
+            raise RuntimeError("ray_sharded: the model changed between forward() and a gradient request")
+        if self._synced_version != replay.version:
+            arrays = [t.detach().cpu().numpy() for t in self.model.state_dict().values()]
+            self._state_holder = [ray.put(arrays)]
+            self._state_nbytes = _nbytes(arrays)
+            self._synced_version = replay.version
+            self._version_id += 1
+        return self._version_id, self._state_holder
+
+    def _ship_parameters(self, version_id: int, rank: int) -> None:
+        if self.pool.versions[rank] != version_id:
+            self.stats.add("parameters", self._state_nbytes)
+            self.pool.versions[rank] = version_id
+
+    def _batch_ref(self, state: StepState, replay: _Replay):
+        if replay.batch_ref is None:
+            batch = (state.inputs.detach().cpu().numpy(), state.targets.detach().cpu().numpy())
+            replay.batch_ref = (ray.put(batch), _nbytes(list(batch)))
+        return replay.batch_ref
+
+    def _resilient(self, protocol: Callable[[], Result]) -> Result:
+        """Run an exchange; if an actor died, replace it and redo the exchange from the start."""
+        for attempt in range(self.max_restarts + 1):
+            try:
+                return protocol()
+            except ACTOR_FAILURES as error:
+                if attempt == self.max_restarts:
+                    raise RuntimeError(
+                        f"ray_sharded: actors failed {attempt + 1} times in one step; last: {error}"
+                    ) from error
+                self._resident_token = -1
+                self.stats.restarts += self.pool.replace_dead() or 1
+        raise AssertionError("unreachable")
+
+    # ---- the interface ----------------------------------------------------------------------
+    def forward(self, batch: Batch) -> StepState:
+        """The driver's forward; remembers what the actors need to replay it."""
+        rng = _rng_state(self.device)
+        training = self.model.training
+        state = super().forward(batch)
+        state.replay = _Replay(next(self._tokens), rng, self._heads_rng, training, self._version())
+        self.stats.steps += 1
+        return state
+
+    def _jacobian_charges(self) -> list[tuple[str, int]]:
+        return [
+            ("encoder_forward", self.num_actors),
+            ("heads_forward", self.num_actors),
+            ("heads_backward_input", self.num_tasks),
+            ("encoder_backward", self.num_tasks),
+        ]
+
+    def _row_call_args(self, state: StepState, rank: int) -> tuple:
+        replay: _Replay = state.replay
+        version_id, holder = self._parameters_ref(replay)
+        batch_ref, batch_bytes = self._batch_ref(state, replay)
+        self._ship_parameters(version_id, rank)
+        self.stats.add("batch", batch_bytes)
+        self.stats.add("rng", sum(t.numel() * t.element_size() for t in replay.rng.values()))
+        return version_id, holder, batch_ref, replay.rng, replay.training
+
+    def shared_jacobian(self, state: StepState) -> Tensor:
+        """(T, P) per-task shared gradients, rows computed by the actors and gathered here."""
+        if state.shared_jacobian is not None:
+            return state.shared_jacobian
+        if self._resident_token == state.replay.token:
+            state.shared_jacobian = self._resilient(lambda: self._gather_columns(state))
+            return state.shared_jacobian
+        self.pool  # noqa: B018 - start the actors first: the charges depend on K
+        self._charge_together(self._jacobian_charges(), state.batch_size)
+        state.shared_jacobian = self._resilient(lambda: self._gather_rows(state))
+        return state.shared_jacobian
+
+    def _gather_rows(self, state: StepState) -> Tensor:
+        refs = [
+            actor.jacobian_rows.remote(*self._row_call_args(state, rank))
+            for rank, actor in enumerate(self.pool.actors)
+        ]
+        rows = ray.get(refs)
+        self.stats.add("jacobian_rows", _nbytes(rows))
+        return torch.cat([_as_tensor(r, self.device) for r in rows])
+
+    def _gather_columns(self, state: StepState) -> Tensor:
+        self._ensure_columns(state)
+        token = state.replay.token
+        shards = ray.get([actor.column_shard.remote(token) for actor in self.pool.actors])
+        self.stats.add("jacobian_columns", _nbytes(shards))
+        return torch.cat([_as_tensor(s, self.device) for s in shards], dim=1)
+
+    def shared_gram(self, state: StepState) -> Tensor:
+        """(T, T) Gram matrix g_t·g_s of the per-task shared gradients (see the module notes).
+
+        Charged as the local engines charge it (``gram``: 2 T² P FLOPs), wherever it is formed.
+        """
+        if state.shared_jacobian is not None or self.gram_strategy == "gather":
+            return self.gram(self.shared_jacobian(state))
+        if self._resident_token != state.replay.token:
+            self.pool  # noqa: B018 - start the actors first: the charges depend on K
+            self._charge_together(self._jacobian_charges(), state.batch_size)
+        gram = self._resilient(lambda: self._parameter_sharded_gram(state))
+        self.budget.charge("gram", 2.0 * self.num_tasks**2 * self.num_shared)
+        return gram
+
+    def shared_combination(self, state: StepState, weights: Tensor) -> Tensor:
+        """Σ_t w_t g_t (P,) where J lies: on the driver if gathered, else on the actors' shards."""
+        if state.shared_jacobian is None and self._resident_token == state.replay.token:
+            direction = self._resilient(lambda: self._combine(state, weights))
+            self.budget.charge("combine", 2.0 * self.num_tasks * self.num_shared)
+            return direction
+        return super().shared_combination(state, weights)
+
+    def _build_columns(self, state: StepState) -> list[Any]:
+        """Rows → blocks → every actor's column shard; returns refs of the K partial Grams."""
+        token = state.replay.token
+        actors = self.pool.actors
+        num_actors = len(actors)
+        blocks = []
+        for rank, actor in enumerate(actors):
+            refs = actor.jacobian_blocks.options(num_returns=num_actors).remote(
+                token, *self._row_call_args(state, rank)
+            )
+            blocks.append(refs if num_actors > 1 else [refs])
+        counts = [len(shard) for shard in self.task_shards]
+        widths = np.diff(self.column_bounds)
+        for source in range(num_actors):
+            for target in range(num_actors):
+                if source != target:
+                    self.stats.add("reshard", counts[source] * int(widths[target]) * 4)
+        partials = [
+            actor.assemble.remote(token, counts, *[blocks[s][rank] for s in range(num_actors) if s != rank])
+            for rank, actor in enumerate(actors)
+        ]
+        return partials
+
+    def _ensure_columns(self, state: StepState) -> None:
+        if self._resident_token != state.replay.token:
+            ray.get(self._build_columns(state))
+            self._resident_token = state.replay.token
+
+    def _parameter_sharded_gram(self, state: StepState) -> Tensor:
+        partials = ray.get(self._build_columns(state))
+        self._resident_token = state.replay.token
+        self.stats.add("gram_blocks", _nbytes(partials))
+        gram = sum(_as_tensor(partial, torch.device("cpu")) for partial in partials)
+        return gram.to(self.device)
+
+    def shared_gradient(self, state: StepState, weights: Tensor) -> Tensor:
+        """Σ_t w_t g_t (P,): from per-task gradients already in hand (no pass), else one backward."""
+        if state.shared_jacobian is not None or self._resident_token == state.replay.token:
+            return self.shared_combination(state, weights)
+        return super().shared_gradient(state, weights)
+
+    def _combine(self, state: StepState, weights: Tensor) -> Tensor:
+        self._ensure_columns(state)
+        token = state.replay.token
+        weights_array = weights.detach().float().cpu().numpy()
+        slices = ray.get([actor.combine.remote(token, weights_array) for actor in self.pool.actors])
+        self.stats.add("weights", weights_array.nbytes * len(slices))
+        self.stats.add("direction", _nbytes(slices))
+        return torch.cat([_as_tensor(s, self.device) for s in slices])
+
+    def representation_gradients(self, state: StepState) -> Tensor:
+        """(T, *z.shape); on the driver unless ``shard_representation`` (see the module notes)."""
+        if not self.shard_representation or state.representation_grads is not None:
+            return super().representation_gradients(state)
+        self.pool  # noqa: B018 - start the actors first: the charges depend on K
+        self._charge_together(
+            [("heads_forward", self.num_actors), ("heads_backward_input", self.num_tasks)], state.batch_size
+        )
+        state.representation_grads = self._resilient(lambda: self._representation_rows(state))
+        return state.representation_grads
+
+    def _representation_rows(self, state: StepState) -> Tensor:
+        replay: _Replay = state.replay
+        version_id, holder = self._parameters_ref(replay)
+        representation = state.detached.detach().cpu().numpy()
+        targets = state.targets.detach().cpu().numpy()
+        refs = []
+        for rank, actor in enumerate(self.pool.actors):
+            self._ship_parameters(version_id, rank)
+            self.stats.add("representation", representation.nbytes + targets.nbytes)
+            refs.append(
+                actor.representation_rows.remote(
+                    version_id, holder, representation, targets, replay.heads_rng, replay.training
+                )
+            )
+        rows = ray.get(refs)
+        self.stats.add("representation_rows", _nbytes(rows))
+        return torch.cat([_as_tensor(r, self.device) for r in rows])
+
+
+register_engine(RayShardedEngine.name, RayShardedEngine)

@@ -1,0 +1,204 @@
+"""Engine ``ray_sharded``: equal to the ``loop`` engine, honest budget and bytes, survives a killed actor.
+
+Two actors on a local Ray (``ray.init(num_cpus=2)``) that this module starts and shuts down.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+
+from mtlbench.datasets._models import multi_lenet
+from mtlbench.harness.budget import Budget
+from mtlbench.harness.config import parse_suite
+from mtlbench.harness.gradients import get_engine
+from mtlbench.harness.runner import run_suite
+from mtlbench.harness.tasks import TaskSet, TaskSpec
+from mtlbench.methods.min_norm import min_norm_weights
+
+import _test_methods
+from _problems import tiny_batches, tiny_model, tiny_taskset
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def lenet_problem(batch_size: int = 16, count: int = STEPS):
+    """LeNet (with Dropout2d: replicas must replay the driver's RNG) on random 20×20 inputs, T = 2."""
+    taskset = TaskSet([TaskSpec("left", "classification", 10), TaskSpec("right", "classification", 10)])
+    generator = torch.Generator().manual_seed(3)
+    batches = [
+        (torch.rand(batch_size, 1, 20, 20, generator=generator),
+         torch.randint(0, 10, (batch_size, 2), generator=generator).float())
+        for _ in range(count)
+    ]
+
+    def build():
+        torch.manual_seed(0)
+        return multi_lenet(20, num_tasks=2)
+
+    return build, taskset, batches
+
+
+def min_norm_steps(engine_name: str, build, taskset, batches, inspect: bool = True, **options):
+    """Exact-MGDA-like steps through the engine API: Gram → min-norm weights → Σ aₜgₜ.
+
+    Returns (grams, jacobians, representation gradients, model, engine); with ``inspect`` off,
+    only the passes the method needs are made (the last two lists stay empty).
+    """
+    model = build()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    engine = get_engine(engine_name)(model, taskset, Budget("flops", 1e18), batches[0], **options)
+    torch.manual_seed(1)  # the dropout stream, identical for both engines
+    grams, jacobians, z_grads = [], [], []
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        state = engine.forward(batch)
+        gram = engine.shared_gram(state)
+        weights = min_norm_weights(gram)
+        direction = engine.shared_combination(state, weights)
+        if inspect:
+            jacobians.append(engine.shared_jacobian(state).clone())
+            z_grads.append(engine.representation_gradients(state).clone())
+        engine.apply_shared_direction(state, direction, torch.ones_like(weights))
+        optimizer.step()
+        grams.append(gram)
+    return grams, jacobians, z_grads, model, engine
+
+
+def assert_close_lists(first, second, tolerance=1e-5):
+    for a, b in zip(first, second, strict=True):
+        assert torch.allclose(a, b, atol=tolerance, rtol=tolerance), float((a - b).abs().max())
+
+
+def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes() -> None:
+    """LeNet (Dropout2d), T = 2 over 2 actors, Gram by parameter shards, several steps.
+
+    Equal to the loop engine to 1e-5 (Gram, Jacobian, representation gradients, parameters);
+    charged the loop engine's passes plus the K replayed forwards and the driver's own
+    representation gradients; bytes per step as the module notes state.
+    """
+    build, taskset, batches = lenet_problem()
+    reference = min_norm_steps("loop", build, taskset, batches)
+    *sharded, model, engine = min_norm_steps("ray_sharded", build, taskset, batches, actors=2)
+    for index in range(3):
+        assert_close_lists(reference[index], sharded[index])
+    for p_ref, p_sharded in zip(reference[3].parameters(), model.parameters(), strict=True):
+        assert torch.allclose(p_ref, p_sharded, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(next(build().parameters()), next(model.parameters()))  # it trained
+
+    loop = reference[4]
+    actors, tasks, steps, size = 2, 2, len(batches), 16
+    # extra over the loop engine: K replayed forwards per step; the driver's representation
+    # gradients (asked by this test; the actors' ones stay on the actors)
+    extra = {"encoder_forward": actors * steps, "heads_forward": actors * steps, "heads_backward_input": tasks * steps}
+    for kind, flops in engine.budget.flops_by_pass.items():
+        expected = loop.budget.flops_by_pass.get(kind, 0.0)
+        if kind not in ("gram", "combine"):  # arithmetic, charged alike wherever it runs
+            expected += engine.costs.flops(kind, size, extra.get(kind, 0))
+        assert flops == pytest.approx(expected), kind
+    assert engine.budget.passes_by_kind["encoder_backward"] == tasks * steps  # T per step, as loop
+
+    shared = engine.num_shared
+    everything = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    bounds = engine.column_bounds
+    per_step = engine.stats.bytes_per_step()
+    # actor k (task k) sends its row restricted to the other actor's columns: (K-1)/K · T · P · 4
+    assert per_step["reshard"] == 4 * ((bounds[2] - bounds[1]) + (bounds[1] - bounds[0])) == 4 * shared
+    assert per_step["gram_blocks"] == actors * tasks * tasks * 4
+    assert per_step["weights"] == actors * tasks * 4
+    assert per_step["direction"] == 4 * shared  # Σ aₜgₜ, one slice from each actor
+    assert per_step["jacobian_columns"] == tasks * shared * 4  # only because this test asked for J
+    assert per_step["parameters"] == actors * everything  # the parameters changed every step
+    assert per_step["rng"] == actors * torch.get_rng_state().numel()
+    engine.close()
+
+
+def test_equal_to_loop_engine_mlp_uneven_shards_gather_and_sharded_representation() -> None:
+    """T = 5 over 2 actors (3 + 2 tasks), Gram from gathered rows, z-gradients from the actors."""
+    taskset, batches = tiny_taskset(5), tiny_batches(5, count=STEPS)
+
+    def build():
+        return tiny_model(5, seed=0)
+
+    options = {"actors": 2, "gram": "gather", "shard_representation": True}
+    reference = min_norm_steps("loop", build, taskset, batches)
+    *sharded, model, engine = min_norm_steps("ray_sharded", build, taskset, batches, **options)
+    for index in range(3):
+        assert_close_lists(reference[index], sharded[index])
+    for p_ref, p_sharded in zip(reference[3].parameters(), model.parameters(), strict=True):
+        assert torch.allclose(p_ref, p_sharded, atol=1e-5, rtol=1e-5)
+    per_step = engine.stats.bytes_per_step()
+    assert per_step["jacobian_rows"] == 5 * engine.num_shared * 4 and "reshard" not in per_step
+    assert per_step["representation_rows"] == sharded[2][0].numel() * 4  # T · B · D floats
+    engine.close()
+
+
+def test_actor_killed_mid_run_completes_and_is_recorded_once(tmp_path) -> None:
+    """SIGKILL an actor at step 3: the run goes on from the driver's state, with the numbers of a
+    run on the local loop engine; recorded once. EW on the sharded engine equals EW on loop."""
+    _test_methods.register()
+    try:
+        gram_method = {"name": "test_gram_min_norm"}
+        sharded = {"engine": "ray_sharded", "engine_options": {"actors": 2}}
+        suite = parse_suite(
+            {
+                "name": "actor-kill",
+                "datasets": [{"name": "multidigits", "params": {"train_pairs": 256, "val_pairs": 64, "test_pairs": 64}}],
+                "methods": [
+                    {**gram_method, **sharded, "label": "killed", "params": {"kill_actor_at_step": 3}},
+                    {**gram_method, "engine": "loop", "label": "reference"},
+                    {"name": "ew", **sharded, "label": "ew-sharded"},
+                    {"name": "ew", "engine": "loop", "label": "ew-loop"},
+                ],
+                "budget": {"flops": 1e15},
+                "training": {"batch_size": 32, "max_steps": 6, "log_every": 1},
+            }
+        )
+        summary = run_suite(suite, tmp_path, show_progress=False)
+    finally:
+        _test_methods.unregister()
+    results = {r.spec.method_label: r for r in summary.recorded}
+    assert {r.status for r in results.values()} == {"completed"}, [r.error for r in results.values()]
+    killed, reference = results["killed"], results["reference"]
+    assert killed.steps == reference.steps == 6
+    assert killed.history[-1]["actor_restarts"] >= 1
+    assert np.allclose(killed.solutions[0].test_losses, reference.solutions[0].test_losses, atol=1e-5)
+    for row_killed, row_reference in zip(killed.history, reference.history, strict=True):
+        for key in ("task_losses/left", "task_losses/right"):
+            assert row_killed[key] == pytest.approx(row_reference[key], abs=1e-5)
+    ew_sharded, ew_loop = results["ew-sharded"], results["ew-loop"]
+    assert ew_sharded.solutions[0].test_losses == ew_loop.solutions[0].test_losses
+    assert ew_sharded.budget == ew_loop.budget  # EW needs no per-task gradient: no actor, no charge
+
+    rows = pq.read_table(tmp_path / "runs").to_pylist()
+    assert sorted(r["method_label"] for r in rows) == ["ew-loop", "ew-sharded", "killed", "reference"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("actor-kill")
+    children = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("mtlbench.kind") == "run"]
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+
+
+@pytest.mark.parametrize("name", ["mgda", "mgda_ub"])
+def test_registered_mgda_methods_on_ray_sharded_match_loop(name: str) -> None:
+    """The registered methods (not a test double) through ``ray_sharded``: the same min-norm
+    weights and losses as through ``loop``, step for step, T = 5 over 2 actors."""
+    from _method_checks import train_tiny
+
+    _, _, reference = train_tiny(name, engine="loop", num_tasks=5, budget_steps=40)
+    _, _, sharded = train_tiny(name, engine="ray_sharded", num_tasks=5, budget_steps=40)
+    steps = min(len(reference), len(sharded))
+    assert steps >= 5
+    for ref, got in zip(reference[:steps], sharded[:steps], strict=True):
+        assert torch.allclose(ref["weights"], got["weights"], atol=1e-5)
+        assert torch.allclose(ref["task_losses"], got["task_losses"], atol=1e-5)
