@@ -153,10 +153,15 @@ def run_tasks(args, tasks: int, device: torch.device) -> list[tuple[str, float, 
     if missing:
         print(f"  (skipped, not registered or not installed: {', '.join(missing)})")
     flops_per_step: dict[str, float] = {}
-    for name, (step, budget) in steps.items():  # warm-up, and FLOPs per step from the tally
+    for name, (step, budget) in list(steps.items()):  # warm-up; FLOPs per step from the tally
         spent = budget.spent_flops if budget else 0.0
-        for _ in range(args.warmup):
-            step()
+        try:
+            for _ in range(args.warmup):
+                step()
+        except Exception as error:  # noqa: BLE001 - one broken method must not hide the others
+            print(f"  {name}: failed ({type(error).__name__}: {str(error).splitlines()[0]})")
+            del steps[name]
+            continue
         if budget:
             flops_per_step[name] = (budget.spent_flops - spent) / args.warmup
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -191,7 +196,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
     parser.add_argument("--chunk-size", type=int, default=None, help="tasks per batched VJP")
+    parser.add_argument(
+        "--tf32", action="store_true", help="CUDA: TensorFloat-32 matmuls and convolutions"
+    )
     args = parser.parse_args()
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     args.model = args.model or ("resnet18" if cuda else "lenet")
@@ -206,7 +217,8 @@ def main() -> None:
     )
     print(
         f"{args.model} encoder, {args.side}×{args.side} inputs, batch {args.batch_size}, binary heads; "
-        f"{where}; torch {torch.__version__}; median of {args.blocks} blocks × {args.steps} steps"
+        f"{where}{'; TF32' if args.tf32 else ''}; chunk {args.chunk_size or 'all'}; "
+        f"torch {torch.__version__}; median of {args.blocks} blocks × {args.steps} steps"
     )
     for tasks in args.tasks:
         print(f"\nT = {tasks}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import importlib.metadata
 import math
 import os
 import platform
@@ -138,19 +139,24 @@ def _code_version() -> str:
     return f"{package}+{commit}" if commit else package
 
 
+def _installed_version(distribution: str) -> str:
+    """A distribution's installed version, read from its metadata (no import), or "absent"."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
 def environment(device: torch.device) -> dict[str, str]:
     """Versions and device recorded with every run (reproducibility)."""
-    import mlflow
-    import pyarrow
-
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return {
         "mtlbench_version": _code_version(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "mlflow": mlflow.__version__,
-        "pyarrow": pyarrow.__version__,
+        "mlflow": _installed_version("mlflow"),
+        "pyarrow": _installed_version("pyarrow"),
         "device": str(device),
         "device_name": device_name or platform.machine(),
         "torch_threads": str(torch.get_num_threads()),

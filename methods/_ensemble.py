@@ -127,8 +127,11 @@ class EnsembleMembers(nn.Module):
         self.num_members = len(parts)
         first = next(iter(self.members.values()), None)
         dtype = first.dtype if first is not None else torch.get_default_dtype()
+        device = first.device if first is not None else None  # the members' device (CUDA too)
         self.register_buffer(
-            "alpha", torch.full((len(parts),), 1.0 / len(parts), dtype=dtype), persistent=False
+            "alpha",
+            torch.full((len(parts),), 1.0 / len(parts), dtype=dtype, device=device),
+            persistent=False,
         )
 
     def stacked(self, name: str) -> nn.Parameter:
@@ -141,7 +144,7 @@ class EnsembleMembers(nn.Module):
         values = {}
         for name in self.names:
             stacked = self.stacked(name)
-            weights = alpha.to(stacked.dtype).view(-1, *([1] * (stacked.dim() - 1)))
+            weights = alpha.to(stacked).view(-1, *([1] * (stacked.dim() - 1)))
             values[name] = (weights * stacked).sum(dim=0)
         return {alias: values[name] for alias, name in self.aliases.items()}
 

@@ -63,7 +63,10 @@ Defaults, measured (benchmarks/marigold_vs_mgda.py; tests/test_marigold.py):
   projected steps (either rule) stall at an L1 distance ~1e-1, feasible pair line searches
   (an SMO-like coordinate descent) converge (6e-5 after 3,000 updates); ``gaussian``
   directions are blocked by zero weights (L1 0.2 after 3,000). eta_w = 1: the exact line search.
-- q = 1, k = 1: see the training-run numbers in the benchmark's docstring.
+- q = 1, k = 1: the cheapest setting, not a measured optimum (benchmarks/marigold_vs_mgda.py,
+  "Measured"). T = 2: MGDA's per-batch weights exactly at 1.6 x EW's FLOPs (k = 4: no better
+  than uniform weights). T = 10 (teacher, batch 128): no variant beats uniform weights; the
+  default is worse (L1 to MGDA 0.28 vs 0.22), q = 4 only matches EW, at 3.1 x EW's FLOPs.
 """
 
 from __future__ import annotations

@@ -1,0 +1,413 @@
+"""Speedup and parallel efficiency of engine ``ray_sharded``, 1 vs 2 actors; its bytes per step.
+
+What is measured: the wall-clock time of one exact-MGDA step (forward, per-task Jacobian, Gram
+T×T, min-norm weights, Σ aₜgₜ, heads backward, SGD step) driven through the engine API, as
+``tests/test_ray_sharded.py`` drives it, on a local Ray of 2 CPUs (``ray.init(num_cpus=2)``):
+
+- ``ray_sharded`` with K = 1 and K = 2 actors (one torch thread each), for both Gram strategies
+  (``parameter``: J resharded by parameter columns among the actors, partial Grams summed on the
+  driver; ``gather``: every row sent to the driver). speedup = t(K=1) / t(K=2), parallel
+  efficiency = speedup / 2; the target is efficiency >= 0.85.
+- for context, in this one process: the ``loop`` engine with 1 torch thread (the same T encoder
+  backwards, one per task, that each actor runs: t(ray K=1) / t(loop) is the price of Ray), and
+  the ``batched`` engine (batched VJPs) with 1 and with 2 torch threads: does sharding over two
+  processes beat simply giving torch both cores?
+
+How: every configuration trains its own copy of the same initial model on the same batch; after a
+warm-up, the configurations are timed in interleaved blocks of ``--steps`` steps (the order is
+reversed every other block), and each printed figure is the median over ``--blocks`` blocks of the
+per-block value (step time, or a ratio of two step times taken in the same block). The driver runs
+one torch thread while the actors are timed. The first step's Gram of every configuration is
+compared with the ``batched`` engine's, so all rows time the same computation.
+
+Bytes: ``engine.stats.bytes_per_step()`` by kind (logical bytes through the object store, mean over
+the run's steps), beside the formulas of ``cluster/sharded.py`` (float32; P shared parameters,
+P_all all parameters and buffers, B samples, D_in input features, T tasks)::
+
+    both       parameters K·P_all·4, batch K·B·(D_in + T)·4, rng K·5056
+    gather     jacobian_rows T·P·4
+    parameter  reshard (K−1)/K·T·P·4, gram_blocks K·T²·4, weights K·T·4, direction P·4
+
+Model: MLP encoder D_in → H → H → D (ReLU; default 256 → 768 → 768 → 256, ≈ 1.0M shared
+parameters, so the T encoder backwards dominate the step), T binary heads Linear(D, 2), batch 256.
+
+Run: ``python benchmarks/ray_sharding.py`` (≈ 1.5 min on 2 idle cores, 3 at most on a busy one;
+``--tasks 16``, ``--blocks``, ``--steps``, ``--hidden``, ``--batch-size``), or ``--quick`` for a
+≈ 30 s smoke run (smaller model, 3 blocks × 2 steps) whose timings mean little. Timings are only
+meaningful on an otherwise idle machine: the "blocks min-max" columns show how noisy the run was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before Ray starts (token-auth warning)
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from mtlbench.harness.budget import Budget  # noqa: E402
+from mtlbench.harness.gradients import Batch, GradientEngine, get_engine  # noqa: E402
+from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads  # noqa: E402
+from mtlbench.harness.tasks import TaskSet, TaskSpec  # noqa: E402
+from mtlbench.methods.min_norm import min_norm_weights  # noqa: E402
+
+RAY_CPUS = 2
+# Every ray_sharded engine keeps its actors for the whole run, so that the K = 1 and K = 2 engines
+# can be timed in interleaved blocks: 1 + 2 actors per Gram strategy, 6 in all, more than 2 whole
+# logical CPUs. Ray's CPU count is a reservation, not a pinning: only one configuration runs at a
+# time, so at most 2 actor processes (one torch thread each) compute at once. Each actor therefore
+# reserves a quarter of a logical CPU (6 × 0.25 ≤ 2) and runs exactly one torch thread.
+CPUS_PER_ACTOR = 0.25
+THREADS_PER_ACTOR = 1
+FLOAT_BYTES = 4
+TARGET_EFFICIENCY = 0.85  # the issue's target for speedup / K
+Step = Callable[[], None]
+
+
+# ---- the problem -----------------------------------------------------------------------------
+def build_model(inputs: int, hidden: int, width: int, tasks: int, seed: int = 0) -> MultiTaskModel:
+    """MLP encoder inputs → hidden → hidden → width (ReLU), T binary heads Linear(width, 2)."""
+    torch.manual_seed(seed)
+    encoder = nn.Sequential(
+        nn.Linear(inputs, hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Linear(hidden, width), nn.ReLU(),
+    )
+    return MultiTaskModel(encoder, StackedMLPHeads(tasks, width, 2, hidden=None), tasks)
+
+
+def build_batch(batch_size: int, inputs: int, tasks: int, seed: int = 1) -> Batch:
+    """One fixed batch: x (B, inputs) standard normal, binary targets (B, T) as floats."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, inputs, generator=generator)
+    y = torch.randint(0, 2, (batch_size, tasks), generator=generator).float()
+    return x, y
+
+
+def make_taskset(tasks: int) -> TaskSet:
+    """T binary classification tasks t0 … t{T-1}."""
+    return TaskSet([TaskSpec(f"t{t}", "classification", 2) for t in range(tasks)])
+
+
+# ---- one configuration -----------------------------------------------------------------------
+@dataclass
+class Config:
+    """One timed configuration: an engine on its own model copy, and the torch threads the driver
+    uses while it runs (1 for the Ray rows: the actors do the work)."""
+
+    label: str
+    engine_name: str
+    driver_threads: int
+    options: dict[str, object] = field(default_factory=dict)
+    engine: GradientEngine | None = None
+    step: Step | None = None
+    first_gram: Tensor | None = None
+    times: list[float] = field(default_factory=list)  # seconds per step, one per block
+
+
+def mgda_step(engine: GradientEngine, optimizer: torch.optim.Optimizer, batch: Batch) -> Tensor:
+    """One exact-MGDA step through the engine API; returns the step's Gram (T, T)."""
+    optimizer.zero_grad(set_to_none=True)
+    state = engine.forward(batch)
+    gram = engine.shared_gram(state)
+    weights = min_norm_weights(gram)
+    direction = engine.shared_combination(state, weights)
+    engine.apply_shared_direction(state, direction, torch.ones_like(weights))
+    optimizer.step()
+    return gram
+
+
+def prepare(
+    config: Config, initial: MultiTaskModel, taskset: TaskSet, batch: Batch, warmup: int
+) -> None:
+    """Build the engine (starting its actors), run ``warmup`` steps, keep the first step's Gram."""
+    model = copy.deepcopy(initial)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    config.engine = get_engine(config.engine_name)(
+        model, taskset, Budget("flops", 1e30), batch, **config.options
+    )
+    config.step = lambda: mgda_step(config.engine, optimizer, batch)
+    torch.set_num_threads(config.driver_threads)
+    config.first_gram = mgda_step(config.engine, optimizer, batch).detach().clone()
+    for _ in range(max(warmup - 1, 0)):
+        config.step()
+    torch.set_num_threads(1)
+
+
+def time_block(config: Config, steps: int) -> float:
+    """Mean wall-clock seconds per step over ``steps`` steps, with the config's driver threads.
+
+    The Ray rows keep the driver at one torch thread: idle OpenMP workers of the driver spin for
+    a while after each parallel region and would steal cycles from the two actor processes.
+    """
+    torch.set_num_threads(config.driver_threads)
+    start = time.perf_counter()
+    for _ in range(steps):
+        config.step()
+    seconds = (time.perf_counter() - start) / steps
+    torch.set_num_threads(1)
+    return seconds
+
+
+def run_blocks(configs: list[Config], blocks: int, steps: int) -> None:
+    """Interleaved timing: every block times each config once; order reversed every other block."""
+    for block in range(blocks):
+        order = configs if block % 2 == 0 else configs[::-1]
+        for config in order:
+            config.times.append(time_block(config, steps))
+
+
+# ---- reporting -------------------------------------------------------------------------------
+def block_ratios(numerator: Config, denominator: Config) -> list[float]:
+    """Per block t(numerator) / t(denominator), both timed in the same block."""
+    return [a / b for a, b in zip(numerator.times, denominator.times, strict=True)]
+
+
+def median_ratio(numerator: Config, denominator: Config) -> float:
+    """Median over blocks of t(numerator) / t(denominator)."""
+    return statistics.median(block_ratios(numerator, denominator))
+
+
+def spread(values: list[float]) -> str:
+    """'min-max' of per-block values: a wide range means a noisy machine, not a result."""
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def expected_bytes(strategy: str, actors: int, tasks: int, shared: int, everything: int,
+                   batch_numbers: int) -> dict[str, float]:
+    """Bytes per step by kind as the formulas of ``cluster/sharded.py`` state them (float32).
+
+    shared: P; everything: P_all (parameters and buffers); batch_numbers: B·(D_in + T).
+    """
+    rng_bytes = torch.get_rng_state().numel()  # 5056 bytes of CPU generator state (uint8)
+    common = {
+        "parameters": actors * everything * FLOAT_BYTES,
+        "batch": actors * batch_numbers * FLOAT_BYTES,
+        "rng": actors * rng_bytes,
+    }
+    if strategy == "gather":
+        return {**common, "jacobian_rows": tasks * shared * FLOAT_BYTES}
+    per_strategy = {
+        "reshard": (actors - 1) / actors * tasks * shared * FLOAT_BYTES,
+        "gram_blocks": actors * tasks**2 * FLOAT_BYTES,
+        "weights": actors * tasks * FLOAT_BYTES,
+        "direction": shared * FLOAT_BYTES,
+    }
+    return {**common, **{k: v for k, v in per_strategy.items() if v}}
+
+
+def flop_ceiling(engine: GradientEngine, tasks: int, batch_size: int, actors: int = 2) -> float:
+    """Upper bound on the speedup t(K=1) / t(K=actors) from FLOP counts alone (free wire, free Ray).
+
+    The driver's forward (encoder + heads) runs before the actors start, and every actor replays
+    it; only the per-task backwards (heads input + encoder, one per task) are split. So
+    speedup <= (2 fwd + T·bwd) / (2 fwd + ceil(T/K)·bwd), below K however fast the wire is.
+    """
+    costs = engine.costs
+    forward = costs.flops("encoder_forward", batch_size) + costs.flops("heads_forward", batch_size)
+    backward = costs.flops("encoder_backward", batch_size)
+    backward += costs.flops("heads_backward_input", batch_size)
+    largest_share = -(-tasks // actors)
+    return (2 * forward + tasks * backward) / (2 * forward + largest_share * backward)
+
+
+Labels = list[tuple[str, str, str]]  # (gram strategy, label of K=1 config, label of K=2 config)
+
+
+def print_step_times(configs: dict[str, Config]) -> None:
+    """Median step time (ms) of every configuration, and its range over blocks."""
+    print(f"\n  {'configuration':<36}{'step ms':>10}{'blocks min-max':>18}")
+    for config in configs.values():
+        ms = [1e3 * t for t in config.times]
+        print(f"  {config.label:<36}{statistics.median(ms):10.1f}{spread(ms):>18}")
+
+
+def print_speedups(configs: dict[str, Config], actor_labels: Labels, tasks: int,
+                   batch_size: int) -> dict[str, float]:
+    """Speedup 1 → 2 workers and efficiency (speedup / 2); returns the efficiency by strategy."""
+    print(f"\n  {'1 vs 2 workers':<36}{'speedup':>10}{'efficiency':>12}{'blocks min-max':>18}")
+    pairs = {strategy: (one, two) for strategy, one, two in actor_labels}
+    pairs["batched"] = ("batched-1", "batched-2")
+    efficiencies = {}
+    for strategy, (one, two) in pairs.items():
+        ratios = block_ratios(configs[one], configs[two])
+        speedup = statistics.median(ratios)
+        efficiencies[strategy] = speedup / 2
+        label = "batched, 1/2 torch threads" if strategy == "batched" else (
+            f"ray_sharded gram={strategy}, K=1/K=2"
+        )
+        print(f"  {label:<36}{speedup:10.2f}{speedup / 2:12.2f}{spread(ratios):>18}")
+    ceiling = flop_ceiling(configs[actor_labels[0][1]].engine, tasks, batch_size)
+    print(f"  {'ceiling from FLOPs (serial forward)':<36}{ceiling:10.2f}{ceiling / 2:12.2f}")
+    del efficiencies["batched"]
+    return efficiencies
+
+
+def print_against_local(configs: dict[str, Config], actor_labels: Labels) -> None:
+    """Time ratios local / Ray, same block: > 1 where the Ray configuration is faster."""
+    print(f"\n  {'time ratio (> 1: the Ray row is faster)':<46}{'median':>8}{'blocks min-max':>18}")
+    for strategy, one, two in actor_labels:
+        for local, ray_label, text in (
+            ("loop-1", one, f"loop 1 thread / ray K=1 {strategy}"),
+            ("batched-1", one, f"batched 1 thread / ray K=1 {strategy}"),
+            ("batched-2", two, f"batched 2 threads / ray K=2 {strategy}"),
+        ):
+            ratios = block_ratios(configs[local], configs[ray_label])
+            print(f"  {text:<46}{statistics.median(ratios):8.2f}{spread(ratios):>18}")
+
+
+def print_verdicts(configs: dict[str, Config], actor_labels: Labels,
+                   efficiencies: dict[str, float]) -> None:
+    """The answers in words: target met or not; sharding against torch threads."""
+    print()
+    for strategy, efficiency in efficiencies.items():
+        verdict = "meets" if efficiency >= TARGET_EFFICIENCY else "does NOT meet"
+        target = TARGET_EFFICIENCY
+        print(f"  gram={strategy}: efficiency {efficiency:.2f} {verdict} the target {target}")
+    batched_2 = configs["batched-2"]
+    best = max(actor_labels, key=lambda labels: median_ratio(batched_2, configs[labels[2]]))
+    ratio = median_ratio(batched_2, configs[best[2]])
+    winner = "sharding wins" if ratio > 1 else "simply giving torch both cores wins"
+    print(
+        f"  2 actors (best: gram={best[0]}) run at {ratio:.2f}x the speed of one process with 2 "
+        f"torch threads: {winner} here.\n  The actors run the loop engine's T backwards, not "
+        "batched VJPs: 'loop / ray K=1' is the cost of Ray itself."
+    )
+
+
+def byte_check(measured: float, formula: float) -> str:
+    """'ok' if equal; '≈' within 2% (the reshard formula is exact only when K divides T and P)."""
+    if abs(measured - formula) <= 1e-9 * max(formula, 1.0):
+        return "ok"
+    return "≈ (uneven shards)" if abs(measured - formula) <= 0.02 * formula else "DIFFERS"
+
+
+def print_bytes(configs: dict[str, Config], actor_labels: Labels,
+                tasks: int, batch_numbers: int) -> bool:
+    """Measured bytes per step by kind beside the formulas; returns whether all of them agree."""
+    all_agree = True
+    for strategy, one, two in actor_labels:
+        header = f"{'kind':<15}{'K':>3}{'measured B':>14}{'formula B':>14}  check"
+        print(f"\n  {'gram=' + strategy:<17}{header}")
+        for label in (one, two):
+            engine = configs[label].engine
+            actors = engine.num_actors
+            shared = engine.num_shared
+            everything = sum(t.numel() for t in engine.model.state_dict().values())
+            measured = engine.stats.bytes_per_step()
+            formula = expected_bytes(strategy, actors, tasks, shared, everything, batch_numbers)
+            for kind in sorted(set(measured) | set(formula)):
+                got, want = measured.get(kind, 0.0), formula.get(kind, 0.0)
+                check = byte_check(got, want)
+                all_agree &= check != "DIFFERS"
+                row = f"{kind:<15}{actors:>3}{got:14,.0f}{want:14,.0f}  {check}"
+                print(f"  {'':<17}{row}")
+            total, total_formula = sum(measured.values()), sum(formula.values())
+            row = f"{'total':<15}{actors:>3}{total:14,.0f}{total_formula:14,.0f}"
+            print(f"  {'':<17}{row}")
+    return all_agree
+
+
+def print_gram_check(configs: dict[str, Config]) -> None:
+    """Largest relative difference of each config's first Gram from the batched engine's."""
+    reference = configs["batched-1"].first_gram
+    scale = reference.abs().max()
+    worst = max(float((c.first_gram - reference).abs().max() / scale) for c in configs.values())
+    print(f"\n  first-step Gram, max |G - G_batched| / max|G_batched| over all rows: {worst:.1e}")
+
+
+# ---- main ------------------------------------------------------------------------------------
+def make_configs(tasks: int) -> tuple[dict[str, Config], Labels]:
+    """Four Ray configurations (K ∈ {1, 2} × gram ∈ {parameter, gather}), three local ones."""
+    configs: dict[str, Config] = {}
+    actor_labels = []
+    for strategy in ("parameter", "gather"):
+        labels = []
+        for actors in (1, 2):
+            label = f"ray-{strategy}-{actors}"
+            options = {
+                "actors": actors,
+                "gram": strategy,
+                "cpus_per_actor": CPUS_PER_ACTOR,
+                "threads_per_actor": THREADS_PER_ACTOR,
+            }
+            name = f"ray_sharded gram={strategy} K={actors}"
+            configs[label] = Config(name, "ray_sharded", 1, options)
+            labels.append(label)
+        actor_labels.append((strategy, *labels))
+    configs["loop-1"] = Config("loop, 1 torch thread", "loop", 1)
+    for threads in (1, 2):
+        configs[f"batched-{threads}"] = Config(
+            f"batched, {threads} torch thread(s)", "batched", threads, {"chunk_size": tasks}
+        )
+    return configs, actor_labels
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=8, help="T (>= 2; the issue asks T >= 8)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--inputs", type=int, default=256, help="input features D_in")
+    parser.add_argument("--hidden", type=int, default=768, help="width of the two hidden layers")
+    parser.add_argument("--width", type=int, default=256, help="representation width D")
+    parser.add_argument("--blocks", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration")
+    parser.add_argument("--quick", action="store_true", help="≈ 30 s smoke run (smaller, fewer)")
+    args = parser.parse_args()
+    if args.tasks < 2:
+        parser.error("--tasks must be >= 2 (K = 2 actors need 2 tasks)")
+    if args.quick:
+        args.hidden, args.batch_size = min(args.hidden, 384), min(args.batch_size, 128)
+        args.blocks, args.steps, args.warmup = 3, 2, 1
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    # The driver stays at one torch thread except while a local 2-thread row is timed: the actor
+    # rows need both cores for the two actor processes, and an idle multi-threaded driver (OpenMP
+    # workers spinning after each parallel region) would steal cycles from them.
+    torch.set_num_threads(1)
+    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, logging_level="WARNING")
+    try:
+        taskset = make_taskset(args.tasks)
+        initial = build_model(args.inputs, args.hidden, args.width, args.tasks)
+        batch = build_batch(args.batch_size, args.inputs, args.tasks)
+        shared = sum(p.numel() for p in initial.shared_parameters())
+        print(
+            f"MLP {args.inputs} → {args.hidden} → {args.hidden} → {args.width}, "
+            f"P = {shared:,} shared parameters, T = {args.tasks} binary heads, "
+            f"batch {args.batch_size}; exact MGDA step; "
+            f"Ray {ray.__version__} with {RAY_CPUS} CPUs on a {os.cpu_count()}-core machine; "
+            f"torch {torch.__version__}; median of {args.blocks} blocks × {args.steps} steps"
+        )
+        configs, actor_labels = make_configs(args.tasks)
+        for config in configs.values():
+            prepare(config, initial, taskset, batch, args.warmup)
+        run_blocks(list(configs.values()), args.blocks, args.steps)
+        print_step_times(configs)
+        efficiencies = print_speedups(configs, actor_labels, args.tasks, args.batch_size)
+        print_against_local(configs, actor_labels)
+        print_verdicts(configs, actor_labels, efficiencies)
+        print_gram_check(configs)
+        batch_numbers = args.batch_size * (args.inputs + args.tasks)
+        agree = print_bytes(configs, actor_labels, args.tasks, batch_numbers)
+        print(f"\n  bytes per step {'agree with' if agree else 'DIFFER from'} the formulas")
+        for config in configs.values():
+            if hasattr(config.engine, "close"):
+                config.engine.close()
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
