@@ -162,16 +162,20 @@ def parse_suite(data: Any, source: str = "suite") -> SuiteConfig:
     return suite
 
 
-def load_suite(path: Path | str) -> SuiteConfig:
-    """Read and validate a suite YAML file."""
+def read_yaml(path: Path | str, what: str = "suite") -> Any:
+    """The parsed YAML of ``path``; a missing file or malformed YAML is one ConfigError line."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such suite file")
+        raise ConfigError(f"{path}: no such {what} file")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
-    return parse_suite(data, str(path))
+
+
+def load_suite(path: Path | str) -> SuiteConfig:
+    """Read and validate a suite YAML file."""
+    return parse_suite(read_yaml(path, "suite"), str(path))

@@ -52,11 +52,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtlbench.harness.budget import Budget
-from mtlbench.harness.config import ConfigError, MethodEntry, OutputConfig, _first_error
+from mtlbench.harness.config import (
+    ConfigError,
+    MethodEntry,
+    OutputConfig,
+    _first_error,
+    read_yaml,
+)
 from mtlbench.harness.method import TrainingConfig
 from mtlbench.harness.registry import METHODS, UnknownName
 
@@ -192,14 +197,8 @@ def parse_study(data: Any, source: str = "study") -> ScalingStudy:
 
 
 def load_study(path: Path | str) -> ScalingStudy:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such study file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: malformed YAML: {str(error).splitlines()[0]}") from None
-    return parse_study(data, str(path))
+    """Read and validate a scaling-study YAML file."""
+    return parse_study(read_yaml(path, "study"), str(path))
 
 
 # ---- points ----------------------------------------------------------------------------------
