@@ -4,7 +4,10 @@ The driver keeps the method's model (its optimizer updates it) and makes the pas
 grow with T itself, exactly as the ``loop`` engine does: the forward, the weighted backward of
 EW-like methods, the heads. Only the T-fold work is sharded: for the exact per-task Jacobian
 (MGDA, Sener & Koltun 2018), actor k holds a replica of the model and computes the rows of its
-share of the T tasks (one encoder backward per task).
+share of the T tasks with the ``batched`` engine's code (``BatchedEngine``, restricted to its
+tasks): its ∂Lₜ/∂z from one heads pass when the heads have ``forward_per_task`` (and no dropout
+or BatchNorm in training mode), else from batched heads VJPs, one per own task; then its rows of
+J from batched encoder VJPs (``is_grads_batched``, ``chunk_size`` tasks at a time).
 
 Replicas are kept identical to the driver by *receiving the parameters* (and buffers) whenever
 they changed, once per step through the object store (``ray.put`` once, read by every actor). The
@@ -12,7 +15,8 @@ alternative the design card names, every actor applying the same update, would n
 itself shipped (the optimizer belongs to the method and runs on the driver): the same P numbers
 per step, but not bit-exact (θ + (θ' − θ) ≠ θ' in floating point) and with optimizer state to
 replicate. Each actor then replays the driver's forward on the same batch with the driver's RNG
-state, so dropout draws the same masks and its rows equal the driver's to rounding.
+state, so dropout draws the same masks and its rows equal the driver's to rounding. The batch and
+the RNG state are put in the object store once per step, whatever K and however many requests.
 
 How the Gram matrix ``G = J Jᵀ`` (T×T) is assembled, with J (T×P) in task shards (option
 ``gram``), bytes per step (float32, K actors, P shared parameters, P_all all parameters and
@@ -30,17 +34,22 @@ on (for K = 2, T = 8: 0.625·T·P against T·P), and the driver never holds the 
 memory stays at the size of one gradient); the sum of the K partial Grams differs from J Jᵀ by
 rounding only. So ``parameter`` is the default; ``gather`` is kept for methods that need J itself.
 A task-sharded all-gather among the actors instead (each needs every row to form its Gram
-blocks) would move (K−1)·T·P.
+blocks) would move (K−1)·T·P. An actor never concatenates its column shard: it forms its partial
+Gram and its slice of Σ aₜgₜ block by block from its own rows (a view) and the blocks received.
+
+The Gram is kept with the step: asking for it again returns the same matrix, with no pass, no
+byte and no charge (nothing is recomputed).
 
 MGDA-UB needs only ∂Lₜ/∂z, T×B×D numbers made by the heads, which the driver already holds: by
 default they are computed on the driver (0 bytes, T head-sized products). With
 ``shard_representation: true`` the actors compute them instead (z out, K·B·D·4; rows back,
 T·B·D·4): worth it only when the heads are heavy (e.g. dense-prediction decoders).
 
-Budget: every pass actually made is charged, summed over actors: the K replayed forwards
-(encoder and heads) plus T heads-input and T encoder backwards for the Jacobian. A recomputation
-after an actor failure is not charged (a fault is not the method's cost); it is counted in
-``engine.stats.restarts``.
+Budget: every pass actually made is charged, summed over actors: the K replayed encoder forwards
+and T encoder backwards for the Jacobian; for the heads, with ``forward_per_task`` K heads
+forwards and K heads backwards (one per actor, as the ``batched`` engine charges its one), else K
+replayed heads forwards and T heads-input backwards. A recomputation after an actor failure is
+not charged (a fault is not the method's cost); it is counted in ``engine.stats.restarts``.
 
 Failures: an actor that dies (killed, node lost) is replaced by a new one that receives the
 driver's current parameters (the last synchronized state, which the driver always holds), and
@@ -49,18 +58,21 @@ the interrupted exchange is redone, so the run goes on with the numbers it would
 Options (suite ``engine_options``): ``actors`` K (default: ``MTLBENCH_RAY_ACTORS``, else the
 cluster's GPUs when ``gpus_per_actor`` > 0, else 2; at most T), ``gram`` (``parameter`` |
 ``gather``), ``cpus_per_actor`` (1), ``gpus_per_actor`` (0), ``threads_per_actor`` (torch threads;
-default ``cpus_per_actor`` rounded, at least 1), ``shard_representation`` (false),
+default ``cpus_per_actor`` rounded, at least 1), ``chunk_size`` (tasks per batched VJP on an
+actor, 64: lower it when an actor's memory is short), ``shard_representation`` (false),
 ``max_restarts`` (3), ``ready_timeout_s`` (120: time allowed to place the actors).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any, Callable, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import ray
@@ -69,7 +81,14 @@ from torch import Tensor
 
 from mtlbench.cluster._ray_setup import connect
 from mtlbench.harness.budget import Budget, BudgetExhausted
-from mtlbench.harness.gradients import Batch, GradientEngine, StepState, flatten_gradients, register_engine
+from mtlbench.harness.gradients import (
+    Batch,
+    BatchedEngine,
+    GradientEngine,
+    StepState,
+    _stochastic_or_stateful,
+    register_engine,
+)
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet
 
@@ -102,16 +121,27 @@ class TransferStats:
         return {kind: value / steps for kind, value in sorted(self.bytes_by_kind.items())}
 
 
-def _rng_state(device: torch.device) -> dict[str, Tensor]:
-    """The generators a forward on ``device`` draws from (CPU always; CUDA when used)."""
-    state = {"cpu": torch.get_rng_state()}
+def _rng_state(device: torch.device) -> dict[str, np.ndarray]:
+    """The generators a forward on ``device`` draws from (CPU always; CUDA when used), as arrays."""
+    state = {"cpu": torch.get_rng_state().numpy()}
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
+        state["cuda"] = torch.cuda.get_rng_state(device).numpy()
     return state
+
+
+def _set_rng_state(rng: dict[str, np.ndarray], device: torch.device) -> None:
+    torch.set_rng_state(_as_tensor(rng["cpu"], torch.device("cpu")))
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(_as_tensor(rng["cuda"], torch.device("cpu")), device)
 
 
 def _nbytes(arrays: list[np.ndarray]) -> int:
     return sum(int(a.nbytes) for a in arrays)
+
+
+def _numpy(tensor: Tensor) -> np.ndarray:
+    """A C-contiguous CPU array of ``tensor``, same dtype (no copy when it already is one)."""
+    return tensor.detach().cpu().contiguous().numpy()
 
 
 def _as_tensor(array: np.ndarray, device: torch.device) -> Tensor:
@@ -121,7 +151,60 @@ def _as_tensor(array: np.ndarray, device: torch.device) -> Tensor:
         return torch.as_tensor(array).to(device)
 
 
+def _per_task_heads(model: MultiTaskModel) -> bool:
+    """Whether the ``batched`` engine gets all T z-gradients from one heads pass on ``model``."""
+    per_task = getattr(model.heads, "forward_per_task", None)
+    return per_task is not None and not _stochastic_or_stateful(model.heads)
+
+
+def _block_gram(pieces: list[Tensor]) -> Tensor:
+    """X Xᵀ for X the row-wise concatenation of ``pieces`` (n_i, N), without forming X."""
+    if len(pieces) == 1:
+        return pieces[0] @ pieces[0].T
+    offsets = np.cumsum([0] + [piece.shape[0] for piece in pieces])
+    total = int(offsets[-1])
+    gram = pieces[0].new_empty(total, total)
+    for i, first in enumerate(pieces):
+        for j in range(i, len(pieces)):
+            block = first @ pieces[j].T
+            gram[offsets[i] : offsets[i + 1], offsets[j] : offsets[j + 1]] = block
+            if j != i:
+                gram[offsets[j] : offsets[j + 1], offsets[i] : offsets[i + 1]] = block.T
+    return gram
+
+
 # ---- the actor -------------------------------------------------------------------------------
+class _ReplicaVJP(BatchedEngine):
+    """The ``batched`` engine's per-task VJPs, run on an actor's replica for its own tasks only.
+
+    Not an engine the harness sees: no calibration and no budget (the driver charges every pass
+    the actors make, see ``RayShardedEngine._jacobian_charges``).
+    """
+
+    def __init__(self, model: MultiTaskModel, taskset: TaskSet, tasks: list[int], chunk_size: int):
+        self.model, self.taskset, self.chunk_size = model, taskset, chunk_size
+        self.own = slice(tasks[0], tasks[-1] + 1)  # contiguous
+        self.count = len(tasks)
+        self.num_tasks = len(taskset)
+
+    def charge(self, kind: str, batch_size: int, passes: int = 1) -> None:
+        """Charged on the driver."""
+
+    def own_representation_grads(self, state: StepState) -> Tensor:
+        """(n_k, *z.shape) ∂Lₜ/∂z of this actor's tasks (``state.task_losses`` unused when the
+        heads are per-task: one heads pass gives all T, this actor keeps its own)."""
+        if _per_task_heads(self.model):
+            self.num_tasks = len(self.taskset)
+            return self._representation_grads(state)[self.own]
+        self.num_tasks = self.count
+        return self._representation_grads(dataclasses.replace(state, task_losses=state.task_losses[self.own]))
+
+    def own_jacobian(self, state: StepState, z_grads: Tensor) -> Tensor:
+        """(n_k, P) rows of the shared Jacobian, from this actor's z-gradients."""
+        self.num_tasks = z_grads.shape[0]
+        return self._shared_jacobian(state, z_grads)
+
+
 class ShardWorker:
     """One replica of the model on one device, computing the rows of its share of the tasks.
 
@@ -138,6 +221,7 @@ class ShardWorker:
         column_bounds: list[int],
         threads: int,
         device: str,
+        chunk_size: int = 64,
     ):
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -147,10 +231,13 @@ class ShardWorker:
         self.tasks = tasks
         self.rank = rank
         self.column_bounds = column_bounds
+        self.vjp = _ReplicaVJP(self.model, taskset, tasks, chunk_size)
         self.version = -1
         self.token = -1
         self.rows_held: Tensor | None = None  # (n_k, P) this actor's tasks, all shared params
-        self.columns: Tensor | None = None  # (T, P_rank) every task, this actor's params
+        # this actor's parameter shard of every actor's rows, in actor (= task) order: its own
+        # rows as a view, the others' blocks as received (n_j, P_rank); never concatenated
+        self.pieces: list[Tensor] | None = None
 
     def pid(self) -> int:
         return os.getpid()
@@ -164,87 +251,86 @@ class ShardWorker:
         self.model.load_state_dict(state)
         self.version = version
 
-    def _replay(self, batch: tuple[np.ndarray, np.ndarray], rng: dict[str, Tensor], training: bool):
-        """The driver's forward, redone: same parameters, batch and RNG state."""
-        inputs, targets = (_as_tensor(part, self.device) for part in batch)
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+    def _replay(self, step: dict[str, Any], training: bool) -> StepState:
+        """The driver's forward, redone: same parameters, batch and RNG state. The heads are
+        replayed only when the z-gradients need the step's own heads forward (no per-task pass)."""
+        inputs, targets = (_as_tensor(step[part], self.device) for part in ("inputs", "targets"))
+        _set_rng_state(step["rng"], self.device)
         self.model.train(training)
         representation = self.model.encoder(inputs)
         detached = representation.detach().requires_grad_(True)
-        task_losses = self.taskset.losses(self.model.heads(detached.view_as(detached)), targets)
-        return representation, detached, task_losses
+        task_losses = None
+        if not _per_task_heads(self.model):
+            task_losses = self.taskset.losses(self.model.heads(detached.view_as(detached)), targets)
+        return StepState(inputs, targets, representation, detached, None, task_losses)
 
-    def _rows(self, version, holder, batch, rng, training) -> Tensor:
+    def _rows(self, version, holder, step, training) -> Tensor:
         self._sync(version, holder)
-        representation, detached, task_losses = self._replay(batch, rng, training)
-        shared = self.model.shared_parameters()
-        z_grads = [
-            torch.autograd.grad(task_losses[t], detached, retain_graph=True)[0] for t in self.tasks
-        ]
-        rows = []
-        for z_grad in z_grads:
-            grads = torch.autograd.grad(
-                representation, shared, z_grad, retain_graph=True, allow_unused=True
-            )
-            rows.append(flatten_gradients(grads, shared))
-        return torch.stack(rows).detach()
+        state = self._replay(step, training)
+        z_grads = self.vjp.own_representation_grads(state)
+        return self.vjp.own_jacobian(state, z_grads).detach()
 
-    def jacobian_rows(self, version, holder, batch, rng, training) -> np.ndarray:
+    def jacobian_rows(self, version, holder, step, training) -> np.ndarray:
         """Rows (n_k, P) of the shared Jacobian for this actor's tasks (``gather``)."""
-        return self._rows(version, holder, batch, rng, training).cpu().numpy()
+        return self._rows(version, holder, step, training).cpu().numpy()
 
-    def jacobian_blocks(self, token, version, holder, batch, rng, training) -> list[np.ndarray | None]:
+    def jacobian_blocks(self, token, version, holder, step, training) -> list[np.ndarray | None]:
         """This actor's rows cut at the parameter shards: block l goes to actor l (own: None)."""
-        rows = self._rows(version, holder, batch, rng, training)
-        self.token, self.rows_held, self.columns = token, rows, None
+        rows = self._rows(version, holder, step, training)
+        self.token, self.rows_held, self.pieces = token, rows, None
         blocks: list[np.ndarray | None] = []
         for shard in range(len(self.column_bounds) - 1):
             start, stop = self.column_bounds[shard], self.column_bounds[shard + 1]
-            blocks.append(None if shard == self.rank else rows[:, start:stop].cpu().numpy())
+            # one copy into a contiguous block (what the object store takes out of band)
+            blocks.append(None if shard == self.rank else rows[:, start:stop].contiguous().cpu().numpy())
         return blocks if len(blocks) > 1 else blocks[0]
 
     def assemble(self, token: int, task_counts: list[int], *blocks: np.ndarray) -> np.ndarray:
-        """Stack every actor's block of this parameter shard in task order; return its Gram.
+        """Hold every actor's block of this parameter shard in task order; return its Gram.
 
-        blocks: the other actors' blocks (n_j, P_rank), in actor order. Returns (T, T).
+        blocks: the other actors' blocks (n_j, P_rank), in actor order. Returns (T, T), formed
+        block by block: the column shard (T, P_rank) is never copied into one tensor.
         """
         if token != self.token or self.rows_held is None:
             raise RuntimeError(f"assemble: step {token} is not resident (holding {self.token})")
         start, stop = self.column_bounds[self.rank], self.column_bounds[self.rank + 1]
         others = iter(blocks)
-        pieces = [
+        self.pieces = [
             self.rows_held[:, start:stop] if shard == self.rank else _as_tensor(next(others), self.device)
             for shard in range(len(task_counts))
         ]
-        self.columns = torch.cat(pieces)
-        return (self.columns @ self.columns.T).cpu().numpy()
+        return _block_gram(self.pieces).cpu().numpy()
 
     def combine(self, token: int, weights: np.ndarray) -> np.ndarray:
         """This actor's slice (P_rank,) of Σ_t weights_t g_t."""
-        if token != self.token or self.columns is None:
+        if token != self.token or self.pieces is None:
             raise RuntimeError(f"combine: step {token} is not resident (holding {self.token})")
-        return (_as_tensor(weights, self.device).to(self.columns.dtype) @ self.columns).cpu().numpy()
+        weights_tensor = _as_tensor(weights, self.device).to(self.pieces[0].dtype)
+        direction, offset = None, 0
+        for piece in self.pieces:
+            part = weights_tensor[offset : offset + piece.shape[0]] @ piece
+            direction = part if direction is None else direction.add_(part)
+            offset += piece.shape[0]
+        return direction.cpu().numpy()
 
     def column_shard(self, token: int) -> np.ndarray:
-        """The resident (T, P_rank) columns of the Jacobian."""
-        if token != self.token or self.columns is None:
+        """The resident (T, P_rank) columns of the Jacobian (concatenated only for this)."""
+        if token != self.token or self.pieces is None:
             raise RuntimeError(f"column_shard: step {token} is not resident (holding {self.token})")
-        return self.columns.cpu().numpy()
+        return torch.cat(self.pieces).cpu().numpy()
 
-    def representation_rows(self, version, holder, representation, targets, rng, training) -> np.ndarray:
+    def representation_rows(self, version, holder, step, training) -> np.ndarray:
         """∂L_t/∂z (n_k, *z.shape) for this actor's tasks, from the driver's z (MGDA-UB)."""
         self._sync(version, holder)
-        detached = _as_tensor(representation, self.device).clone().requires_grad_(True)
-        targets_tensor = _as_tensor(targets, self.device)
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        detached = _as_tensor(step["representation"], self.device).clone().requires_grad_(True)
+        targets = _as_tensor(step["targets"], self.device)
         self.model.train(training)
-        task_losses = self.taskset.losses(self.model.heads(detached.view_as(detached)), targets_tensor)
-        rows = [torch.autograd.grad(task_losses[t], detached, retain_graph=True)[0] for t in self.tasks]
-        return torch.stack(rows).cpu().numpy()
+        task_losses = None
+        if not _per_task_heads(self.model):
+            _set_rng_state(step["rng"], self.device)
+            task_losses = self.taskset.losses(self.model.heads(detached.view_as(detached)), targets)
+        state = StepState(detached, targets, detached, detached, None, task_losses)
+        return self.vjp.own_representation_grads(state).cpu().numpy()
 
 
 _RemoteShardWorker = ray.remote(ShardWorker)
@@ -264,7 +350,9 @@ class ShardPool:
         gpus_per_actor: float,
         threads_per_actor: int,
         ready_timeout_s: float,
+        chunk_size: int = 64,
     ):
+        self.chunk_size = chunk_size
         self.model_ref = ray.put(copy.deepcopy(model).cpu())
         self.taskset = taskset
         self.task_shards = task_shards
@@ -286,6 +374,7 @@ class ShardPool:
             self.column_bounds,
             self.threads,
             "cuda" if self.gpus > 0 else "cpu",
+            self.chunk_size,
         )
 
     def _wait_ready(self, ranks: list[int]) -> None:
@@ -329,14 +418,16 @@ class ShardPool:
 # ---- the engine ------------------------------------------------------------------------------
 @dataclass
 class _Replay:
-    """What an actor needs to redo the driver's forward of one step."""
+    """What an actor needs to redo the driver's forward of one step, and what the step made."""
 
     token: int
-    rng: dict[str, Tensor]
-    heads_rng: dict[str, Tensor]
+    rng: dict[str, np.ndarray]
+    heads_rng: dict[str, np.ndarray]
     training: bool
     version: tuple[int, ...]
-    batch_ref: Any = None
+    per_task_heads: bool  # the actors' z-gradients come from one per-task heads pass
+    step_ref: Any = None  # (ObjectRef of {inputs, targets, rng}, batch bytes, rng bytes): put once
+    gram: Tensor | None = None  # the step's Gram, once formed
 
 
 class RayShardedEngine(GradientEngine):
@@ -356,6 +447,7 @@ class RayShardedEngine(GradientEngine):
         cpus_per_actor: float = 1.0,
         gpus_per_actor: float = 0.0,
         threads_per_actor: int | None = None,
+        chunk_size: int = 64,
         shard_representation: bool = False,
         max_restarts: int = 3,
         ready_timeout_s: float = 120.0,
@@ -364,12 +456,15 @@ class RayShardedEngine(GradientEngine):
             raise ValueError(f"engine_options.gram: expected 'parameter' or 'gather', got {gram!r}")
         if cpus_per_actor < 0 or gpus_per_actor < 0:
             raise ValueError("engine_options.cpus_per_actor / gpus_per_actor: must be >= 0")
+        if chunk_size < 1:
+            raise ValueError(f"engine_options.chunk_size: must be >= 1, got {chunk_size}")
         super().__init__(model, taskset, budget, calibration)
         requested = actors or int(os.environ.get(ACTORS_ENV, "0") or 0)
         if requested < 0 or (actors is not None and actors < 1):
             raise ValueError(f"engine_options.actors: must be >= 1, got {actors}")
         self.requested_actors = requested  # 0: decided when the actors start
         self.gram_strategy = gram
+        self.chunk_size = chunk_size
         self.shard_representation = shard_representation
         self.max_restarts = max_restarts
         self.actor_resources = (cpus_per_actor, gpus_per_actor, threads_per_actor or max(1, round(cpus_per_actor)))
@@ -386,7 +481,7 @@ class RayShardedEngine(GradientEngine):
         self._state_nbytes = 0
         self._version_id = -1
         self._resident_token = -1
-        self._heads_rng: dict[str, Tensor] = {}
+        self._heads_rng: dict[str, np.ndarray] = {}
         self._hook = model.heads.register_forward_pre_hook(self._remember_heads_rng)
 
     @property
@@ -408,7 +503,7 @@ class RayShardedEngine(GradientEngine):
             ]
             self._pool = ShardPool(
                 self.model, self.taskset, self.task_shards, self.column_bounds, cpus, gpus, threads,
-                self.ready_timeout_s,
+                self.ready_timeout_s, self.chunk_size,
             )
         return self._pool
 
@@ -454,11 +549,13 @@ class RayShardedEngine(GradientEngine):
             self.stats.add("parameters", self._state_nbytes)
             self.pool.versions[rank] = version_id
 
-    def _batch_ref(self, state: StepState, replay: _Replay):
-        if replay.batch_ref is None:
-            batch = (state.inputs.detach().cpu().numpy(), state.targets.detach().cpu().numpy())
-            replay.batch_ref = (ray.put(batch), _nbytes(list(batch)))
-        return replay.batch_ref
+    def _step_ref(self, state: StepState, replay: _Replay) -> tuple[Any, int, int]:
+        """The batch and the RNG state of the step, put in the object store once per step."""
+        if replay.step_ref is None:
+            inputs, targets = _numpy(state.inputs), _numpy(state.targets)
+            step = {"inputs": inputs, "targets": targets, "rng": replay.rng}
+            replay.step_ref = (ray.put(step), _nbytes([inputs, targets]), _nbytes(list(replay.rng.values())))
+        return replay.step_ref
 
     def _resilient(self, protocol: Callable[[], Result]) -> Result:
         """Run an exchange; if an actor died, replace it and redo the exchange from the start."""
@@ -480,26 +577,34 @@ class RayShardedEngine(GradientEngine):
         rng = _rng_state(self.device)
         training = self.model.training
         state = super().forward(batch)
-        state.replay = _Replay(next(self._tokens), rng, self._heads_rng, training, self._version())
+        state.replay = _Replay(
+            next(self._tokens), rng, self._heads_rng, training, self._version(), _per_task_heads(self.model)
+        )
         self.stats.steps += 1
         return state
 
-    def _jacobian_charges(self) -> list[tuple[str, int]]:
+    def _heads_charges(self, replay: _Replay) -> list[tuple[str, int]]:
+        """The actors' heads passes for their z-gradients: one per-task pass each (forward and
+        backward, as ``batched`` charges it), else a replayed forward each and T VJPs in all."""
+        if replay.per_task_heads:
+            return [("heads_forward", self.num_actors), ("heads_backward_input", self.num_actors)]
+        return [("heads_forward", self.num_actors), ("heads_backward_input", self.num_tasks)]
+
+    def _jacobian_charges(self, replay: _Replay) -> list[tuple[str, int]]:
         return [
             ("encoder_forward", self.num_actors),
-            ("heads_forward", self.num_actors),
-            ("heads_backward_input", self.num_tasks),
+            *self._heads_charges(replay),
             ("encoder_backward", self.num_tasks),
         ]
 
     def _row_call_args(self, state: StepState, rank: int) -> tuple:
         replay: _Replay = state.replay
         version_id, holder = self._parameters_ref(replay)
-        batch_ref, batch_bytes = self._batch_ref(state, replay)
+        step_ref, batch_bytes, rng_bytes = self._step_ref(state, replay)
         self._ship_parameters(version_id, rank)
         self.stats.add("batch", batch_bytes)
-        self.stats.add("rng", sum(t.numel() * t.element_size() for t in replay.rng.values()))
-        return version_id, holder, batch_ref, replay.rng, replay.training
+        self.stats.add("rng", rng_bytes)
+        return version_id, holder, step_ref, replay.training
 
     def shared_jacobian(self, state: StepState) -> Tensor:
         """(T, P) per-task shared gradients, rows computed by the actors and gathered here."""
@@ -509,7 +614,7 @@ class RayShardedEngine(GradientEngine):
             state.shared_jacobian = self._resilient(lambda: self._gather_columns(state))
             return state.shared_jacobian
         self.pool  # noqa: B018 - start the actors first: the charges depend on K
-        self._charge_together(self._jacobian_charges(), state.batch_size)
+        self._charge_together(self._jacobian_charges(state.replay), state.batch_size)
         state.shared_jacobian = self._resilient(lambda: self._gather_rows(state))
         return state.shared_jacobian
 
@@ -532,16 +637,20 @@ class RayShardedEngine(GradientEngine):
     def shared_gram(self, state: StepState) -> Tensor:
         """(T, T) Gram matrix g_t·g_s of the per-task shared gradients (see the module notes).
 
-        Charged as the local engines charge it (``gram``: 2 T² P FLOPs), wherever it is formed.
+        Charged as the local engines charge it (``gram``: 2 T² P FLOPs), wherever it is formed,
+        once per step: a repeated request returns the step's Gram, with no pass and no charge.
         """
-        if state.shared_jacobian is not None or self.gram_strategy == "gather":
-            return self.gram(self.shared_jacobian(state))
-        if self._resident_token != state.replay.token:
-            self.pool  # noqa: B018 - start the actors first: the charges depend on K
-            self._charge_together(self._jacobian_charges(), state.batch_size)
-        gram = self._resilient(lambda: self._parameter_sharded_gram(state))
-        self.budget.charge("gram", 2.0 * self.num_tasks**2 * self.num_shared)
-        return gram
+        replay: _Replay = state.replay
+        if replay.gram is None:
+            if state.shared_jacobian is not None or self.gram_strategy == "gather":
+                replay.gram = self.gram(self.shared_jacobian(state))
+            else:
+                if self._resident_token != replay.token:
+                    self.pool  # noqa: B018 - start the actors first: the charges depend on K
+                    self._charge_together(self._jacobian_charges(replay), state.batch_size)
+                replay.gram = self._resilient(lambda: self._parameter_sharded_gram(state))
+                self.budget.charge("gram", 2.0 * self.num_tasks**2 * self.num_shared)
+        return replay.gram.clone()
 
     def shared_combination(self, state: StepState, weights: Tensor) -> Tensor:
         """Σ_t w_t g_t (P,) where J lies: on the driver if gathered, else on the actors' shards."""
@@ -583,7 +692,9 @@ class RayShardedEngine(GradientEngine):
         partials = ray.get(self._build_columns(state))
         self._resident_token = state.replay.token
         self.stats.add("gram_blocks", _nbytes(partials))
-        gram = sum(_as_tensor(partial, torch.device("cpu")) for partial in partials)
+        gram = _as_tensor(partials[0], torch.device("cpu")).clone()
+        for partial in partials[1:]:
+            gram += _as_tensor(partial, torch.device("cpu"))
         return gram.to(self.device)
 
     def shared_gradient(self, state: StepState, weights: Tensor) -> Tensor:
@@ -595,7 +706,7 @@ class RayShardedEngine(GradientEngine):
     def _combine(self, state: StepState, weights: Tensor) -> Tensor:
         self._ensure_columns(state)
         token = state.replay.token
-        weights_array = weights.detach().float().cpu().numpy()
+        weights_array = _numpy(weights.float())
         slices = ray.get([actor.combine.remote(token, weights_array) for actor in self.pool.actors])
         self.stats.add("weights", weights_array.nbytes * len(slices))
         self.stats.add("direction", _nbytes(slices))
@@ -606,26 +717,20 @@ class RayShardedEngine(GradientEngine):
         if not self.shard_representation or state.representation_grads is not None:
             return super().representation_gradients(state)
         self.pool  # noqa: B018 - start the actors first: the charges depend on K
-        self._charge_together(
-            [("heads_forward", self.num_actors), ("heads_backward_input", self.num_tasks)], state.batch_size
-        )
+        self._charge_together(self._heads_charges(state.replay), state.batch_size)
         state.representation_grads = self._resilient(lambda: self._representation_rows(state))
         return state.representation_grads
 
     def _representation_rows(self, state: StepState) -> Tensor:
         replay: _Replay = state.replay
         version_id, holder = self._parameters_ref(replay)
-        representation = state.detached.detach().cpu().numpy()
-        targets = state.targets.detach().cpu().numpy()
+        representation, targets = _numpy(state.detached), _numpy(state.targets)
+        step_ref = ray.put({"representation": representation, "targets": targets, "rng": replay.heads_rng})
         refs = []
         for rank, actor in enumerate(self.pool.actors):
             self._ship_parameters(version_id, rank)
             self.stats.add("representation", representation.nbytes + targets.nbytes)
-            refs.append(
-                actor.representation_rows.remote(
-                    version_id, holder, representation, targets, replay.heads_rng, replay.training
-                )
-            )
+            refs.append(actor.representation_rows.remote(version_id, holder, step_ref, replay.training))
         rows = ray.get(refs)
         self.stats.add("representation_rows", _nbytes(rows))
         return torch.cat([_as_tensor(r, self.device) for r in rows])

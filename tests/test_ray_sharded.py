@@ -1,5 +1,9 @@
 """Engine ``ray_sharded``: equal to the ``loop`` engine, honest budget and bytes, survives a killed actor.
 
+The actors compute their rows with the ``batched`` engine's VJPs: one per-task heads pass when the
+heads have ``forward_per_task`` (LeNet, the stacked MLP heads), batched heads VJPs when dropout in
+the heads forbids a rerun; both are checked against ``loop`` and charged as made.
+
 Two actors on a local Ray (``ray.init(num_cpus=2)``) that this module starts and shuts down.
 """
 
@@ -11,11 +15,13 @@ import pytest
 import ray
 import torch
 from mlflow.tracking import MlflowClient
+from torch import nn
 
 from mtlbench.datasets._models import multi_lenet
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.config import parse_suite
 from mtlbench.harness.gradients import get_engine
+from mtlbench.harness.model import MultiTaskModel, SeparateHeads
 from mtlbench.harness.runner import run_suite
 from mtlbench.harness.tasks import TaskSet, TaskSpec
 from mtlbench.methods.min_norm import min_norm_weights
@@ -50,11 +56,31 @@ def lenet_problem(batch_size: int = 16, count: int = STEPS):
     return build, taskset, batches
 
 
+def dropout_heads_problem(count: int = STEPS):
+    """Dropout in the encoder and in every head (no per-task heads rerun), T = 3, B = 16."""
+    taskset = TaskSet([TaskSpec(f"t{t}", "classification", 2) for t in range(3)])
+    generator = torch.Generator().manual_seed(5)
+    batches = [
+        (torch.randn(16, 8, generator=generator), torch.randint(0, 2, (16, 3), generator=generator).float())
+        for _ in range(count)
+    ]
+
+    def build():
+        torch.manual_seed(4)
+        encoder = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Dropout(0.3), nn.Linear(12, 6), nn.ReLU())
+        heads = SeparateHeads([nn.Sequential(nn.Dropout(0.5), nn.Linear(6, 2)) for _ in range(3)])
+        return MultiTaskModel(encoder, heads, 3)
+
+    return build, taskset, batches
+
+
 def min_norm_steps(engine_name: str, build, taskset, batches, inspect: bool = True, **options):
     """Exact-MGDA-like steps through the engine API: Gram → min-norm weights → Σ aₜgₜ.
 
-    Returns (grams, jacobians, representation gradients, model, engine); with ``inspect`` off,
-    only the passes the method needs are made (the last two lists stay empty).
+    On ``ray_sharded`` the Gram is asked twice per step (a method may): the second answer must be
+    the first, with nothing recomputed, moved or charged (the budget and byte checks of the tests
+    see one Gram per step). Returns (grams, jacobians, representation gradients, model, engine);
+    with ``inspect`` off, only the passes the method needs are made (the last two lists stay empty).
     """
     model = build()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -65,6 +91,9 @@ def min_norm_steps(engine_name: str, build, taskset, batches, inspect: bool = Tr
         optimizer.zero_grad(set_to_none=True)
         state = engine.forward(batch)
         gram = engine.shared_gram(state)
+        if engine_name == "ray_sharded":
+            again = engine.shared_gram(state)
+            assert torch.equal(again, gram) and again is not gram
         weights = min_norm_weights(gram)
         direction = engine.shared_combination(state, weights)
         if inspect:
@@ -99,14 +128,12 @@ def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes() -
 
     loop = reference[4]
     actors, tasks, steps, size = 2, 2, len(batches), 16
-    # extra over the loop engine: K replayed forwards per step; the driver's representation
-    # gradients (asked by this test; the actors' ones stay on the actors)
-    extra = {"encoder_forward": actors * steps, "heads_forward": actors * steps, "heads_backward_input": tasks * steps}
-    for kind, flops in engine.budget.flops_by_pass.items():
-        expected = loop.budget.flops_by_pass.get(kind, 0.0)
-        if kind not in ("gram", "combine"):  # arithmetic, charged alike wherever it runs
-            expected += engine.costs.flops(kind, size, extra.get(kind, 0))
-        assert flops == pytest.approx(expected), kind
+    # per step, beside the driver's forward: K replayed encoder forwards and one per-task heads
+    # pass (forward + backward) per actor (LeNet's heads have ``forward_per_task``); T heads-input
+    # backwards on the driver for the representation gradients this test asks for (the actors'
+    # ones stay on the actors). The rest as loop charges it.
+    passes = {"encoder_forward": 1 + actors, "heads_forward": 1 + actors, "heads_backward_input": actors + tasks}
+    assert_charged_passes(engine, loop, passes, steps, size)
     assert engine.budget.passes_by_kind["encoder_backward"] == tasks * steps  # T per step, as loop
 
     shared = engine.num_shared
@@ -122,6 +149,18 @@ def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes() -
     assert per_step["parameters"] == actors * everything  # the parameters changed every step
     assert per_step["rng"] == actors * torch.get_rng_state().numel()
     engine.close()
+
+
+def assert_charged_passes(engine, loop, passes: dict[str, int], steps: int, size: int) -> None:
+    """Each kind in ``passes`` charged that many passes per step; every other kind (the Gram and
+    the combination, arithmetic, included) charged as the loop engine charged it."""
+    for kind in set(engine.budget.flops_by_pass) | set(loop.budget.flops_by_pass) | set(passes):
+        if kind in passes:
+            assert engine.budget.passes_by_kind[kind] == passes[kind] * steps, kind
+            expected = engine.costs.flops(kind, size, passes[kind] * steps)
+        else:
+            expected = loop.budget.flops_by_pass.get(kind, 0.0)
+        assert engine.budget.flops_by_pass.get(kind, 0.0) == pytest.approx(expected), kind
 
 
 def test_equal_to_loop_engine_mlp_uneven_shards_gather_and_sharded_representation() -> None:
@@ -141,6 +180,30 @@ def test_equal_to_loop_engine_mlp_uneven_shards_gather_and_sharded_representatio
     per_step = engine.stats.bytes_per_step()
     assert per_step["jacobian_rows"] == 5 * engine.num_shared * 4 and "reshard" not in per_step
     assert per_step["representation_rows"] == sharded[2][0].numel() * 4  # T · B · D floats
+    # per step: K replayed encoder forwards; per-task heads, so one heads pass per actor for the
+    # Jacobian and one for the z-gradients (loop: T heads-input backwards, reused for both)
+    actors, steps, size = 2, len(batches), 32
+    passes = {"encoder_forward": 1 + actors, "heads_forward": 1 + 2 * actors, "heads_backward_input": 2 * actors}
+    assert_charged_passes(engine, reference[4], passes, steps, size)
+    engine.close()
+
+
+def test_dropout_heads_fall_back_to_batched_heads_vjps_restricted_to_each_actors_tasks() -> None:
+    """Dropout in the heads: no per-task heads rerun; each actor replays the heads forward with the
+    driver's RNG and makes one batched heads VJP per own task (T in all, charged so). T = 3 over
+    2 actors (2 + 1), Gram by parameter shards, z-gradients from the actors too."""
+    build, taskset, batches = dropout_heads_problem()
+    options = {"actors": 2, "shard_representation": True}
+    reference = min_norm_steps("loop", build, taskset, batches)
+    *sharded, model, engine = min_norm_steps("ray_sharded", build, taskset, batches, **options)
+    for index in range(3):
+        assert_close_lists(reference[index], sharded[index])
+    for p_ref, p_sharded in zip(reference[3].parameters(), model.parameters(), strict=True):
+        assert torch.allclose(p_ref, p_sharded, atol=1e-5, rtol=1e-5)
+    actors, tasks, steps, size = 2, 3, len(batches), 16
+    # Jacobian: K replayed heads forwards, T heads VJPs; z-gradients: the same again
+    passes = {"encoder_forward": 1 + actors, "heads_forward": 1 + 2 * actors, "heads_backward_input": 2 * tasks}
+    assert_charged_passes(engine, reference[4], passes, steps, size)
     engine.close()
 
 
