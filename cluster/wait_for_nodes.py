@@ -8,6 +8,7 @@ timeout (with one line saying how many joined).
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import time
 
@@ -21,14 +22,29 @@ def live_nodes() -> int:
 def wait_for_nodes(count: int, timeout_s: float, poll_s: float = 1.0) -> int:
     """Block until this (connected) driver sees ``count`` live nodes; returns how many it sees.
 
-    Raises TimeoutError naming how many joined when ``timeout_s`` passes first.
+    Raises TimeoutError naming how many joined when ``timeout_s`` passes first (the caller
+    adds the time allowed to the message).
     """
     deadline = time.monotonic() + timeout_s
     while (alive := live_nodes()) < count:
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"{alive} of {count} Ray nodes joined within {timeout_s:g} s")
+            raise TimeoutError(f"{alive} of {count} Ray nodes joined")
         time.sleep(poll_s)
     return alive
+
+
+def head_answers(address: str, timeout_s: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at ``host:port`` (the head's GCS port).
+
+    Checked before ``ray.init``: against an address where nothing listens, ``ray.init`` keeps
+    retrying for about a minute inside Ray before it raises, which would overrun short timeouts.
+    """
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def connect_with_retry(address: str, timeout_s: float, poll_s: float = 2.0) -> None:
@@ -37,13 +53,15 @@ def connect_with_retry(address: str, timeout_s: float, poll_s: float = 2.0) -> N
 
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            ray.init(address=address, logging_level="ERROR")
-            return
-        except (ConnectionError, RuntimeError):
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"no Ray head answered at {address} within {timeout_s:g} s") from None
-            time.sleep(poll_s)
+        if head_answers(address):
+            try:
+                ray.init(address=address, logging_level="ERROR")
+                return
+            except (ConnectionError, RuntimeError):
+                pass
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no Ray head answered at {address}")
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         connect_with_retry(args.address, args.timeout)
         alive = wait_for_nodes(args.nodes, max(args.timeout - (time.monotonic() - started), 0.0))
     except TimeoutError as error:
-        print(f"wait_for_nodes: {error}", file=sys.stderr)
+        print(f"wait_for_nodes: {error} within {args.timeout:g} s", file=sys.stderr)
         return 1
     finally:
         if ray.is_initialized():

@@ -169,3 +169,14 @@ def test_driver_killed_mid_suite_rerun_completes_only_missing(ray_address, tmp_p
     assert statuses.count("KILLED") == len(running) and statuses.count("FINISHED") == 3
     recorded_ids = {r["mlflow_run_id"] for r in rows}
     assert recorded_ids == {r.info.run_id for r in children if r.info.status == "FINISHED"}
+
+
+def test_wait_for_nodes_sees_the_live_head(ray_address) -> None:
+    """The SLURM recipe's wait step against a live head: exit 0 once 1 node is up; 2 times out."""
+    command = [sys.executable, "-m", "mtlbench.cluster.wait_for_nodes", "--address", ray_address]
+    up = subprocess.run([*command, "--nodes", "1", "--timeout", "60"], capture_output=True, text=True)
+    assert up.returncode == 0, up.stderr
+    assert up.stdout.strip() == f"1 Ray nodes up at {ray_address}"
+    short = subprocess.run([*command, "--nodes", "2", "--timeout", "3"], capture_output=True, text=True)
+    assert short.returncode == 1
+    assert short.stderr.strip().splitlines()[-1] == "wait_for_nodes: 1 of 2 Ray nodes joined within 3 s"
