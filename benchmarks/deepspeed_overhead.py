@@ -14,7 +14,6 @@ import statistics
 import time
 
 import torch
-
 from mtlbench.cluster.deepspeed_engine import prepare_environment
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.gradients import get_engine

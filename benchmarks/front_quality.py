@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
 from mtlbench.harness.config import load_suite
 from mtlbench.harness.metrics import hypervolume
 from mtlbench.harness.registry import DATASETS, METHODS

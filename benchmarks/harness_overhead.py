@@ -12,7 +12,6 @@ import statistics
 import time
 
 import torch
-
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.gradients import get_engine
 from mtlbench.harness.method import TrainingConfig
@@ -35,7 +34,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     dataset_cls = DATASETS.get("multidigits")
-    dataset = dataset_cls(dataset_cls.Params(train_pairs=args.batch_size, val_pairs=1, test_pairs=1))
+    dataset = dataset_cls(
+        dataset_cls.Params(train_pairs=args.batch_size, val_pairs=1, test_pairs=1)
+    )
     taskset = dataset_cls.taskset(dataset.params)
     batch = tuple(dataset.load().train.tensors)
     training = TrainingConfig(batch_size=args.batch_size)
@@ -66,12 +67,16 @@ def main() -> None:
         bare_times.append(bare)
         harness_times.append(harness)
         ratios.append(harness / bare)
-    print(f"model: multidigits LeNet, batch {args.batch_size}, engine {args.engine}, "
-          f"threads {torch.get_num_threads()}, {args.blocks} blocks x {args.steps} steps")
+    print(
+        f"model: multidigits LeNet, batch {args.batch_size}, engine {args.engine}, "
+        f"threads {torch.get_num_threads()}, {args.blocks} blocks x {args.steps} steps"
+    )
     print(f"bare PyTorch step   median {1e3 * statistics.median(bare_times):.3f} ms")
     print(f"mtlbench EW step    median {1e3 * statistics.median(harness_times):.3f} ms")
-    print(f"ratio harness/bare  median {statistics.median(ratios):.3f} "
-          f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print(
+        f"ratio harness/bare  median {statistics.median(ratios):.3f} "
+        f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+    )
 
 
 if __name__ == "__main__":

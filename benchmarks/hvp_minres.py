@@ -27,8 +27,6 @@ import time
 import numpy as np
 import scipy.sparse.linalg
 import torch
-from torch import nn
-
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.costs import count_flops
 from mtlbench.harness.gradients import get_engine
@@ -43,6 +41,7 @@ from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.tasks import TaskSet, TaskSpec
 from mtlbench.methods._minres import minres
 from mtlbench.methods.pareto_expansion import precise_min_norm_weights
+from torch import nn
 
 INPUT_FEATURES = 64
 REPRESENTATION = 64

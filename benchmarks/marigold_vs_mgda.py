@@ -136,12 +136,11 @@ import argparse
 import json
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.data import training_batches
 from mtlbench.harness.gradients import get_engine
@@ -150,6 +149,7 @@ from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.registry import DATASETS, METHODS
 from mtlbench.harness.tasks import TaskSet, TaskSpec
 from mtlbench.methods.min_norm import min_norm_weights
+from torch import nn
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default (pairs, q=1, eta=0.3)": {},
@@ -157,14 +157,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "exact, pairs, q=1, eta=1": {"num_directions": 1, "weight_step": 1.0},
     "exact, pairs, q=4, eta=1": {"num_directions": 4, "weight_step": 1.0},
     "central, pairs, q=1, eta=1, mu=1": {
-        "estimator": "central", "num_directions": 1, "weight_step": 1.0,
+        "estimator": "central",
+        "num_directions": 1,
+        "weight_step": 1.0,
     },
     "exact, gaussian, q=1, eta=1": {
-        "direction_distribution": "gaussian", "num_directions": 1, "weight_step": 1.0,
+        "direction_distribution": "gaussian",
+        "num_directions": 1,
+        "weight_step": 1.0,
     },
     "exact, pairs, q=1, eta=1, k=4": {"update_every": 4, "num_directions": 1, "weight_step": 1.0},
     "fixed rule, central, q=4, eta=1": {
-        "step_rule": "fixed", "estimator": "central", "num_directions": 4, "weight_step": 1.0,
+        "step_rule": "fixed",
+        "estimator": "central",
+        "num_directions": 4,
+        "weight_step": 1.0,
     },
 }
 
@@ -222,15 +229,24 @@ def track(params: dict[str, Any], taskset, build_model, train, args) -> dict[str
     model = build_model()
     training = TrainingConfig(batch_size=args.batch_size, lr=args.lr)
     method = make_method("marigold", params, model, taskset, training)
-    batches = training_batches(torch.utils.data.TensorDataset(*train), args.batch_size, args.seed,
-                               torch.device("cpu"))
+    batches = training_batches(
+        torch.utils.data.TensorDataset(*train), args.batch_size, args.seed, torch.device("cpu")
+    )
     first = next(batches)
     budget = Budget("flops", 1e30)
     engine = get_engine("loop")(model, taskset, budget, first)
     reference = get_engine("batched")(model, taskset, Budget("flops", 1e30), first)
     uniform = torch.full((len(taskset),), 1.0 / len(taskset), dtype=torch.float64)
-    keys = ("l1", "gap", "l1_uniform", "gap_uniform", "l1_lag", "l1_large", "l1_batch_large",
-            "l1_uniform_large")
+    keys = (
+        "l1",
+        "gap",
+        "l1_uniform",
+        "gap_uniform",
+        "l1_lag",
+        "l1_large",
+        "l1_batch_large",
+        "l1_uniform_large",
+    )
     rows: dict[str, list[float]] = {key: [] for key in keys}
     large_batch = (train[0][: args.large_batch], train[1][: args.large_batch])
     previous = None
@@ -279,8 +295,9 @@ def track(params: dict[str, Any], taskset, build_model, train, args) -> dict[str
 
 
 # ---- timing ----------------------------------------------------------------------------------
-def time_steps(entries: dict[str, tuple[str, dict[str, Any], str]], taskset, build_model, batch,
-               args) -> dict[str, float]:
+def time_steps(
+    entries: dict[str, tuple[str, dict[str, Any], str]], taskset, build_model, batch, args
+) -> dict[str, float]:
     """Median over interleaved blocks of (method step time / EW step time)."""
     training = TrainingConfig(batch_size=int(batch[0].shape[0]), lr=args.lr)
     steppers = {}
@@ -340,9 +357,14 @@ def main() -> None:
     parser.add_argument("--timing-steps", type=int, default=10)
     parser.add_argument("--resnet", action="store_true", help="time CelebA's ResNet-18, T = 40")
     parser.add_argument("--skip-tracking", action="store_true")
-    parser.add_argument("--variant", action="append", default=None, metavar="KEY=VALUE,...",
-                        help="track this MARIGOLD variant instead of VARIANTS (repeatable; '' is "
-                             "the defaults), e.g. --variant 'weight_step=0.3,num_directions=4'")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE,...",
+        help="track this MARIGOLD variant instead of VARIANTS (repeatable; '' is "
+        "the defaults), e.g. --variant 'weight_step=0.3,num_directions=4'",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the tracking rows as JSON")
     args = parser.parse_args()
     variants = dict(map(parse_variant, args.variant)) if args.variant else VARIANTS
@@ -350,28 +372,40 @@ def main() -> None:
         taskset, build_model, train = teacher_problem(args.tasks)
     else:
         taskset, build_model, train = multidigits_problem()
-    print(f"problem {args.problem}, T = {len(taskset)}, batch {args.batch_size}, "
-          f"Adam lr {args.lr}, {args.steps} steps, seed {args.seed}, threads {torch.get_num_threads()}")
+    print(
+        f"problem {args.problem}, T = {len(taskset)}, batch {args.batch_size}, "
+        f"Adam lr {args.lr}, {args.steps} steps, seed {args.seed}, threads {torch.get_num_threads()}"
+    )
 
     if not args.skip_tracking:
-        print("\nL1 distance of the applied weights to MGDA's min-norm weights on the same batch;"
-              " gap: (F(w) - F*) / F*")
-        print(f"{'variant':34s} {'L1 mean':>8s} {'median':>8s} {'final':>8s} {'gap med':>8s} "
-              f"{'L1 large':>8s} {'FLOPs/EW':>8s}")
+        print(
+            "\nL1 distance of the applied weights to MGDA's min-norm weights on the same batch;"
+            " gap: (F(w) - F*) / F*"
+        )
+        print(
+            f"{'variant':34s} {'L1 mean':>8s} {'median':>8s} {'final':>8s} {'gap med':>8s} "
+            f"{'L1 large':>8s} {'FLOPs/EW':>8s}"
+        )
         reference_row = None
         rows = {}
         for label, params in variants.items():
             row = rows[label] = track(params, taskset, build_model, train, args)
             reference_row = reference_row or row
-            print(f"{label:34s} {row['l1_mean']:8.4f} {row['l1_median']:8.4f} "
-                  f"{row['l1_final']:8.4f} {row['gap_median']:8.2e} {row['large_l1_mean']:8.4f} "
-                  f"{row['flops_ratio']:8.2f}")
-        print(f"{'uniform weights (EW)':34s} {reference_row['uniform_l1_mean']:8.4f} "
-              f"{'':8s} {'':8s} {reference_row['uniform_gap_median']:8.2e} "
-              f"{reference_row['uniform_large_l1_mean']:8.4f} {1.0:8.2f}")
+            print(
+                f"{label:34s} {row['l1_mean']:8.4f} {row['l1_median']:8.4f} "
+                f"{row['l1_final']:8.4f} {row['gap_median']:8.2e} {row['large_l1_mean']:8.4f} "
+                f"{row['flops_ratio']:8.2f}"
+            )
+        print(
+            f"{'uniform weights (EW)':34s} {reference_row['uniform_l1_mean']:8.4f} "
+            f"{'':8s} {'':8s} {reference_row['uniform_gap_median']:8.2e} "
+            f"{reference_row['uniform_large_l1_mean']:8.4f} {1.0:8.2f}"
+        )
         print(f"{'MGDA weights of the previous step':34s} {reference_row['lag_l1_mean']:8.4f}")
-        print(f"{'per-batch MGDA weights':34s} {'':8s} {'':8s} {'':8s} {'':8s} "
-              f"{reference_row['batch_large_l1_mean']:8.4f}")
+        print(
+            f"{'per-batch MGDA weights':34s} {'':8s} {'':8s} {'':8s} {'':8s} "
+            f"{reference_row['batch_large_l1_mean']:8.4f}"
+        )
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump({"args": vars(args), "rows": rows}, handle, indent=1)
@@ -380,14 +414,21 @@ def main() -> None:
     if args.resnet:
         timing_problems = [("resnet18 celeba", *resnet_problem(args.batch_size))]
     entries = {"ew": ("ew", {}, "loop"), "mgda (batched)": ("mgda", {}, "batched")}
-    for label in ("default (pairs, q=1, eta=0.3)", "pairs, q=2, eta=0.3", "exact, pairs, q=1, eta=1",
-                  "central, pairs, q=1, eta=1, mu=1", "exact, pairs, q=1, eta=1, k=4"):
+    for label in (
+        "default (pairs, q=1, eta=0.3)",
+        "pairs, q=2, eta=0.3",
+        "exact, pairs, q=1, eta=1",
+        "central, pairs, q=1, eta=1, mu=1",
+        "exact, pairs, q=1, eta=1, k=4",
+    ):
         entries[f"marigold {label}"] = ("marigold", VARIANTS[label], "loop")
     for name, taskset, build_model, data in timing_problems:
         batch = (data[0][: args.batch_size], data[1][: args.batch_size])
         ratios = time_steps(entries, taskset, build_model, batch, args)
-        print(f"\nstep time / EW step time ({name}, T = {len(taskset)}, batch {args.batch_size}, "
-              f"median of {args.blocks} interleaved blocks of {args.timing_steps} steps)")
+        print(
+            f"\nstep time / EW step time ({name}, T = {len(taskset)}, batch {args.batch_size}, "
+            f"median of {args.blocks} interleaved blocks of {args.timing_steps} steps)"
+        )
         for label, ratio in ratios.items():
             print(f"  {label:44s} {ratio:6.2f}")
 

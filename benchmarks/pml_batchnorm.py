@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from mtlbench.harness.budget import Budget, BudgetExhausted
 from mtlbench.harness.config import load_suite
 from mtlbench.harness.data import training_batches
@@ -27,6 +25,7 @@ from mtlbench.harness.metrics import hypervolume
 from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.registry import DATASETS, METHODS
 from mtlbench.harness.trainer import evaluate_model, seed_everything
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 

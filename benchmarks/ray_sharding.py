@@ -93,20 +93,19 @@ import copy
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before Ray starts (token-auth warning)
 
-import ray  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from mtlbench.harness.budget import Budget  # noqa: E402
-from mtlbench.harness.gradients import Batch, GradientEngine, get_engine  # noqa: E402
-from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads  # noqa: E402
-from mtlbench.harness.tasks import TaskSet, TaskSpec  # noqa: E402
-from mtlbench.methods.min_norm import min_norm_weights  # noqa: E402
+import ray
+import torch
+from mtlbench.harness.budget import Budget
+from mtlbench.harness.gradients import Batch, GradientEngine, get_engine
+from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
+from mtlbench.harness.tasks import TaskSet, TaskSpec
+from mtlbench.methods.min_norm import min_norm_weights
+from torch import Tensor, nn
 
 RAY_CPUS = 2
 # Every ray_sharded engine keeps its actors for the whole run, so that the K = 1 and K = 2 engines
@@ -126,9 +125,12 @@ def build_model(inputs: int, hidden: int, width: int, tasks: int, seed: int = 0)
     """MLP encoder inputs → hidden → hidden → width (ReLU), T binary heads Linear(width, 2)."""
     torch.manual_seed(seed)
     encoder = nn.Sequential(
-        nn.Linear(inputs, hidden), nn.ReLU(),
-        nn.Linear(hidden, hidden), nn.ReLU(),
-        nn.Linear(hidden, width), nn.ReLU(),
+        nn.Linear(inputs, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, width),
+        nn.ReLU(),
     )
     return MultiTaskModel(encoder, StackedMLPHeads(tasks, width, 2, hidden=None), tasks)
 
@@ -230,8 +232,9 @@ def spread(values: list[float]) -> str:
     return f"{min(values):.2f}-{max(values):.2f}"
 
 
-def expected_bytes(strategy: str, actors: int, tasks: int, shared: int, everything: int,
-                   batch_numbers: int) -> dict[str, float]:
+def expected_bytes(
+    strategy: str, actors: int, tasks: int, shared: int, everything: int, batch_numbers: int
+) -> dict[str, float]:
     """Bytes per step by kind as the formulas of ``cluster/sharded.py`` state them (float32).
 
     shared: P; everything: P_all (parameters and buffers); batch_numbers: B·(D_in + T).
@@ -282,8 +285,9 @@ def print_step_times(configs: dict[str, Config]) -> None:
         print(f"  {config.label:<36}{statistics.median(ms):10.1f}{spread(ms):>18}")
 
 
-def print_speedups(configs: dict[str, Config], actor_labels: Labels, tasks: int,
-                   batch_size: int) -> dict[str, float]:
+def print_speedups(
+    configs: dict[str, Config], actor_labels: Labels, tasks: int, batch_size: int
+) -> dict[str, float]:
     """Speedup 1 → 2 workers and efficiency (speedup / 2); returns the efficiency by strategy."""
     print(f"\n  {'1 vs 2 workers':<36}{'speedup':>10}{'efficiency':>12}{'blocks min-max':>18}")
     pairs = {strategy: (one, two) for strategy, one, two in actor_labels}
@@ -293,8 +297,10 @@ def print_speedups(configs: dict[str, Config], actor_labels: Labels, tasks: int,
         ratios = block_ratios(configs[one], configs[two])
         speedup = statistics.median(ratios)
         efficiencies[strategy] = speedup / 2
-        label = "batched, 1/2 torch threads" if strategy == "batched" else (
-            f"ray_sharded gram={strategy}, K=1/K=2"
+        label = (
+            "batched, 1/2 torch threads"
+            if strategy == "batched"
+            else (f"ray_sharded gram={strategy}, K=1/K=2")
         )
         print(f"  {label:<36}{speedup:10.2f}{speedup / 2:12.2f}{spread(ratios):>18}")
     ceiling = flop_ceiling(configs[actor_labels[0][1]].engine, tasks, batch_size)
@@ -316,8 +322,9 @@ def print_against_local(configs: dict[str, Config], actor_labels: Labels) -> Non
             print(f"  {text:<46}{statistics.median(ratios):8.2f}{spread(ratios):>18}")
 
 
-def print_verdicts(configs: dict[str, Config], actor_labels: Labels,
-                   efficiencies: dict[str, float]) -> None:
+def print_verdicts(
+    configs: dict[str, Config], actor_labels: Labels, efficiencies: dict[str, float]
+) -> None:
     """The answers in words: target met or not; sharding against torch threads."""
     print()
     for strategy, efficiency in efficiencies.items():
@@ -342,8 +349,9 @@ def byte_check(measured: float, formula: float) -> str:
     return "≈ (uneven shards)" if abs(measured - formula) <= 0.02 * formula else "DIFFERS"
 
 
-def print_bytes(configs: dict[str, Config], actor_labels: Labels,
-                tasks: int, batch_numbers: int) -> bool:
+def print_bytes(
+    configs: dict[str, Config], actor_labels: Labels, tasks: int, batch_numbers: int
+) -> bool:
     """Measured bytes per step by kind beside the formulas; returns whether all of them agree."""
     all_agree = True
     for strategy, one, two in actor_labels:
@@ -414,7 +422,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration")
     parser.add_argument(
-        "--object-store-mb", type=int, default=512,
+        "--object-store-mb",
+        type=int,
+        default=512,
         help="Ray object store size (0: Ray's default); see 'Object store' in the module notes",
     )
     parser.add_argument("--quick", action="store_true", help="≈ 30 s smoke run (smaller, fewer)")
@@ -434,7 +444,12 @@ def main() -> None:
     # workers spinning after each parallel region) would steal cycles from them.
     torch.set_num_threads(1)
     store = args.object_store_mb * 2**20 or None
-    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, logging_level="WARNING", object_store_memory=store)
+    ray.init(
+        num_cpus=RAY_CPUS,
+        include_dashboard=False,
+        logging_level="WARNING",
+        object_store_memory=store,
+    )
     try:
         taskset = make_taskset(args.tasks)
         initial = build_model(args.inputs, args.hidden, args.width, args.tasks)

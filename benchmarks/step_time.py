@@ -26,11 +26,10 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
-
 from mtlbench.datasets._models import LeNetEncoder
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.gradients import get_engine
@@ -40,7 +39,7 @@ from mtlbench.harness.registry import METHODS
 from mtlbench.harness.tasks import TaskSet, TaskSpec
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _models import resnet18_encoder  # noqa: E402 (after the path insert)
+from _models import resnet18_encoder
 
 DEFAULT_METHODS = [
     "ew",

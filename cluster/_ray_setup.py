@@ -16,7 +16,6 @@ import json
 import logging
 import os
 
-
 RUNTIME_ENV_VAR = "MTLBENCH_RAY_RUNTIME_ENV"
 
 
@@ -27,7 +26,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    runtime_env = json.loads(os.environ[RUNTIME_ENV_VAR]) if os.environ.get(RUNTIME_ENV_VAR) else None
+    runtime_env = (
+        json.loads(os.environ[RUNTIME_ENV_VAR]) if os.environ.get(RUNTIME_ENV_VAR) else None
+    )
     if address in (None, "local"):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(
@@ -38,5 +39,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
             runtime_env=runtime_env,
         )
         return True
-    ray.init(address=address, logging_level=logging.WARNING, configure_logging=False, runtime_env=runtime_env)
+    ray.init(
+        address=address,
+        logging_level=logging.WARNING,
+        configure_logging=False,
+        runtime_env=runtime_env,
+    )
     return False

@@ -51,13 +51,12 @@ import socket
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import Tensor, nn
-
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.gradients import Batch, BatchedEngine, StepState, register_engine
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import Tensor, nn
 
 NO_PRINT_STEPS = 10**12
 DEFAULT_BUCKET_ELEMENTS = 500_000_000

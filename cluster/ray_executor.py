@@ -19,23 +19,24 @@ from __future__ import annotations
 
 import datetime
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import ray
 import torch
-from rich.progress import Progress
-
 from mtlbench.cluster._ray_setup import connect
 from mtlbench.harness.config import ExecutorConfig
 from mtlbench.harness.runner import Executor, StartCallback
 from mtlbench.harness.suite import RunSpec
 from mtlbench.harness.trainer import RunResult, environment, train_run
+from rich.progress import Progress
 
 RunFunction = Callable[[RunSpec, Path | None], RunResult]
 
 
-def _run_on_worker(spec: RunSpec, checkpoint_dir: str | None, threads: int, run: RunFunction) -> RunResult:
+def _run_on_worker(
+    spec: RunSpec, checkpoint_dir: str | None, threads: int, run: RunFunction
+) -> RunResult:
     """The body of one Ray task: train and score ``spec`` on this worker."""
     torch.set_num_threads(threads)
     return run(spec, Path(checkpoint_dir) if checkpoint_dir else None)
@@ -77,7 +78,9 @@ def ray_executor(config: ExecutorConfig, run: RunFunction = train_run) -> Execut
                     spec = queue.pop(0)
                     on_start(spec)
                     ref = task.remote(spec, str(checkpoints / spec.run_hash), threads, run)
-                    bar = progress.add_task(f"  {spec.title} (ray)", total=None) if progress else None
+                    bar = (
+                        progress.add_task(f"  {spec.title} (ray)", total=None) if progress else None
+                    )
                     pending[ref] = (spec, bar)
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:

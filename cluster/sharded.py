@@ -77,8 +77,6 @@ from typing import Any, ClassVar, Literal, TypeVar
 import numpy as np
 import ray
 import torch
-from torch import Tensor
-
 from mtlbench.cluster._ray_setup import connect
 from mtlbench.harness.budget import Budget, BudgetExhausted
 from mtlbench.harness.gradients import (
@@ -91,6 +89,7 @@ from mtlbench.harness.gradients import (
 )
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet
+from torch import Tensor
 
 ACTORS_ENV = "MTLBENCH_RAY_ACTORS"
 ACTOR_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
@@ -197,7 +196,9 @@ class _ReplicaVJP(BatchedEngine):
             self.num_tasks = len(self.taskset)
             return self._representation_grads(state)[self.own]
         self.num_tasks = self.count
-        return self._representation_grads(dataclasses.replace(state, task_losses=state.task_losses[self.own]))
+        return self._representation_grads(
+            dataclasses.replace(state, task_losses=state.task_losses[self.own])
+        )
 
     def own_jacobian(self, state: StepState, z_grads: Tensor) -> Tensor:
         """(n_k, P) rows of the shared Jacobian, from this actor's z-gradients."""
@@ -225,7 +226,9 @@ class ShardWorker:
     ):
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(True, warn_only=True)
-        self.device = torch.device("cuda" if device == "cuda" and torch.cuda.is_available() else "cpu")
+        self.device = torch.device(
+            "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+        )
         self.model = model.to(self.device)
         self.taskset = taskset
         self.tasks = tasks
@@ -282,7 +285,9 @@ class ShardWorker:
         for shard in range(len(self.column_bounds) - 1):
             start, stop = self.column_bounds[shard], self.column_bounds[shard + 1]
             # one copy into a contiguous block (what the object store takes out of band)
-            blocks.append(None if shard == self.rank else rows[:, start:stop].contiguous().cpu().numpy())
+            blocks.append(
+                None if shard == self.rank else rows[:, start:stop].contiguous().cpu().numpy()
+            )
         return blocks if len(blocks) > 1 else blocks[0]
 
     def assemble(self, token: int, task_counts: list[int], *blocks: np.ndarray) -> np.ndarray:
@@ -296,7 +301,9 @@ class ShardWorker:
         start, stop = self.column_bounds[self.rank], self.column_bounds[self.rank + 1]
         others = iter(blocks)
         self.pieces = [
-            self.rows_held[:, start:stop] if shard == self.rank else _as_tensor(next(others), self.device)
+            self.rows_held[:, start:stop]
+            if shard == self.rank
+            else _as_tensor(next(others), self.device)
             for shard in range(len(task_counts))
         ]
         return _block_gram(self.pieces).cpu().numpy()
@@ -467,7 +474,11 @@ class RayShardedEngine(GradientEngine):
         self.chunk_size = chunk_size
         self.shard_representation = shard_representation
         self.max_restarts = max_restarts
-        self.actor_resources = (cpus_per_actor, gpus_per_actor, threads_per_actor or max(1, round(cpus_per_actor)))
+        self.actor_resources = (
+            cpus_per_actor,
+            gpus_per_actor,
+            threads_per_actor or max(1, round(cpus_per_actor)),
+        )
         self.ready_timeout_s = ready_timeout_s
         self.device = next(model.parameters()).device
         self.stats = TransferStats()
@@ -496,14 +507,23 @@ class RayShardedEngine(GradientEngine):
                 requested = max(cluster_gpus, 2)
             self.num_actors = min(requested, self.num_tasks)
             self.task_shards = [
-                [int(t) for t in shard] for shard in np.array_split(np.arange(self.num_tasks), self.num_actors)
+                [int(t) for t in shard]
+                for shard in np.array_split(np.arange(self.num_tasks), self.num_actors)
             ]
             self.column_bounds = [
-                int(b) for b in np.linspace(0, self.num_shared, self.num_actors + 1).round().astype(int)
+                int(b)
+                for b in np.linspace(0, self.num_shared, self.num_actors + 1).round().astype(int)
             ]
             self._pool = ShardPool(
-                self.model, self.taskset, self.task_shards, self.column_bounds, cpus, gpus, threads,
-                self.ready_timeout_s, self.chunk_size,
+                self.model,
+                self.taskset,
+                self.task_shards,
+                self.column_bounds,
+                cpus,
+                gpus,
+                threads,
+                self.ready_timeout_s,
+                self.chunk_size,
             )
         return self._pool
 
@@ -528,14 +548,18 @@ class RayShardedEngine(GradientEngine):
         """Charge several pass kinds as one: all of them, or (BudgetExhausted) none."""
         total = sum(self.costs.flops(kind, batch_size, passes) for kind, passes in charges)
         if self.budget.kind == "flops" and self.budget.spent_flops + total > self.budget.limit:
-            raise BudgetExhausted(f"sharded Jacobian needs {total:.3g} FLOPs, {self.budget.remaining:.3g} left")
+            raise BudgetExhausted(
+                f"sharded Jacobian needs {total:.3g} FLOPs, {self.budget.remaining:.3g} left"
+            )
         for kind, passes in charges:
             self.charge(kind, batch_size, passes)
 
     def _parameters_ref(self, replay: _Replay) -> tuple[int, list[Any]]:
         """The object holding the driver's parameters and buffers (put again when they changed)."""
         if replay.version != self._version():
-            raise RuntimeError("ray_sharded: the model changed between forward() and a gradient request")
+            raise RuntimeError(
+                "ray_sharded: the model changed between forward() and a gradient request"
+            )
         if self._synced_version != replay.version:
             arrays = [t.detach().cpu().numpy() for t in self.model.state_dict().values()]
             self._state_holder = [ray.put(arrays)]
@@ -554,7 +578,11 @@ class RayShardedEngine(GradientEngine):
         if replay.step_ref is None:
             inputs, targets = _numpy(state.inputs), _numpy(state.targets)
             step = {"inputs": inputs, "targets": targets, "rng": replay.rng}
-            replay.step_ref = (ray.put(step), _nbytes([inputs, targets]), _nbytes(list(replay.rng.values())))
+            replay.step_ref = (
+                ray.put(step),
+                _nbytes([inputs, targets]),
+                _nbytes(list(replay.rng.values())),
+            )
         return replay.step_ref
 
     def _resilient(self, protocol: Callable[[], Result]) -> Result:
@@ -578,7 +606,12 @@ class RayShardedEngine(GradientEngine):
         training = self.model.training
         state = super().forward(batch)
         state.replay = _Replay(
-            next(self._tokens), rng, self._heads_rng, training, self._version(), _per_task_heads(self.model)
+            next(self._tokens),
+            rng,
+            self._heads_rng,
+            training,
+            self._version(),
+            _per_task_heads(self.model),
         )
         self.stats.steps += 1
         return state
@@ -678,7 +711,9 @@ class RayShardedEngine(GradientEngine):
                 if source != target:
                     self.stats.add("reshard", counts[source] * int(widths[target]) * 4)
         partials = [
-            actor.assemble.remote(token, counts, *[blocks[s][rank] for s in range(num_actors) if s != rank])
+            actor.assemble.remote(
+                token, counts, *[blocks[s][rank] for s in range(num_actors) if s != rank]
+            )
             for rank, actor in enumerate(actors)
         ]
         return partials
@@ -725,12 +760,16 @@ class RayShardedEngine(GradientEngine):
         replay: _Replay = state.replay
         version_id, holder = self._parameters_ref(replay)
         representation, targets = _numpy(state.detached), _numpy(state.targets)
-        step_ref = ray.put({"representation": representation, "targets": targets, "rng": replay.heads_rng})
+        step_ref = ray.put(
+            {"representation": representation, "targets": targets, "rng": replay.heads_rng}
+        )
         refs = []
         for rank, actor in enumerate(self.pool.actors):
             self._ship_parameters(version_id, rank)
             self.stats.add("representation", representation.nbytes + targets.nbytes)
-            refs.append(actor.representation_rows.remote(version_id, holder, step_ref, replay.training))
+            refs.append(
+                actor.representation_rows.remote(version_id, holder, step_ref, replay.training)
+            )
         rows = ray.get(refs)
         self.stats.add("representation_rows", _nbytes(rows))
         return torch.cat([_as_tensor(r, self.device) for r in rows])

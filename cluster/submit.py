@@ -107,8 +107,16 @@ def build_submission(
         ) from None
     results = shlex.quote(results_dir) if results_dir else f'"{DEFAULT_RESULTS_DIR}"'
     command = [
-        "python", "-m", "mtlbench.harness.cli", "run", shlex.quote(relative.as_posix()),
-        "--executor", "ray", "--results-dir", results, "--no-progress",
+        "python",
+        "-m",
+        "mtlbench.harness.cli",
+        "run",
+        shlex.quote(relative.as_posix()),
+        "--executor",
+        "ray",
+        "--results-dir",
+        results,
+        "--no-progress",
     ]
     if tracking_uri:
         command += ["--tracking-uri", shlex.quote(tracking_uri)]
@@ -128,9 +136,13 @@ def package_code(destination: Path, root: Path | None = None) -> Path:
     root = Path(root or project_root())
     package = Path(destination) / "mtlbench"
     package.mkdir(parents=True)
-    (package / "__init__.py").write_text('"""mtlbench, shipped to a Ray cluster by mtlbench submit."""\n')
+    (package / "__init__.py").write_text(
+        '"""mtlbench, shipped to a Ray cluster by mtlbench submit."""\n'
+    )
     for folder in PACKAGE_FOLDERS:
-        shutil.copytree(root / folder, package / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            root / folder, package / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
     return package
 
 

@@ -14,11 +14,10 @@ import gzip
 import io
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-
 from mtlbench.harness.dataset import DatasetFileError, DatasetParams
 
 DATA_ROOT_ENV = "MTLBENCH_DATA_ROOT"

@@ -10,16 +10,15 @@ list of files up front so a loader can count and skip them instead.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
+from mtlbench.harness.dataset import DatasetFileError
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
-
-from mtlbench.harness.dataset import DatasetFileError
 
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
+from torch import nn
 
 
 class LeNetEncoder(nn.Module):
@@ -29,7 +28,9 @@ class LeNetEncoder(nn.Module):
             nn.ReLU(),
             nn.Flatten(),
         )
-        self.fc = nn.Sequential(nn.Linear(20 * after_second * after_second, representation), nn.ReLU())
+        self.fc = nn.Sequential(
+            nn.Linear(20 * after_second * after_second, representation), nn.ReLU()
+        )
 
     def forward(self, x):
         return self.fc(self.features(x))

@@ -28,9 +28,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
-from torch.utils.data import TensorDataset
-
 from mtlbench.datasets._files import (
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,
@@ -46,6 +43,8 @@ from mtlbench.datasets._models import multi_lenet
 from mtlbench.harness.dataset import DatasetFileError, DatasetParams, MultiTaskDataset, Splits
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet, TaskSpec
+from pydantic import Field
+from torch.utils.data import TensorDataset
 
 ITEM_SIDE = 28
 CANVAS_SIDE = 36

@@ -37,21 +37,21 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
-from torch.utils.data import TensorDataset
-
 from mtlbench.datasets._files import carve_validation, data_root, find_file, read_bytes
 from mtlbench.datasets._models import MLPEncoder
 from mtlbench.harness.dataset import DatasetFileError, DatasetParams, MultiTaskDataset, Splits
 from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.registry import register_dataset
 from mtlbench.harness.tasks import TaskSet, TaskSpec
+from pydantic import Field, field_validator
+from torch.utils.data import TensorDataset
 
 TaskName = Literal["age", "education", "never_married", "income"]
 EDUCATION_PREFIXES = ("Bachelors", "Some", "Masters", "Asso", "Doctorate", "Prof")
@@ -99,21 +99,59 @@ KDD = Schema(
     folder="census",
     train_file="census-income.data",
     test_file="census-income.test",
-    columns=(
-        "age class_of_worker industry_code occupation_code education wage_per_hour "
-        "enrolled_in_education marital_status major_industry major_occupation race "
-        "hispanic_origin sex union_member unemployment_reason employment_status capital_gains "
-        "capital_losses dividends tax_filer_status previous_region previous_state "
-        "household_family_status household_summary instance_weight migration_msa "
-        "migration_region migration_within_region same_house_last_year migration_sunbelt "
-        "persons_worked_for_employer family_members_under_18 father_birth_country "
-        "mother_birth_country birth_country citizenship own_business veterans_questionnaire "
-        "veterans_benefits weeks_worked year income"
-    ).split(),
-    continuous=(
-        "age wage_per_hour capital_gains capital_losses dividends persons_worked_for_employer "
-        "weeks_worked"
-    ).split(),
+    columns=[
+        "age",
+        "class_of_worker",
+        "industry_code",
+        "occupation_code",
+        "education",
+        "wage_per_hour",
+        "enrolled_in_education",
+        "marital_status",
+        "major_industry",
+        "major_occupation",
+        "race",
+        "hispanic_origin",
+        "sex",
+        "union_member",
+        "unemployment_reason",
+        "employment_status",
+        "capital_gains",
+        "capital_losses",
+        "dividends",
+        "tax_filer_status",
+        "previous_region",
+        "previous_state",
+        "household_family_status",
+        "household_summary",
+        "instance_weight",
+        "migration_msa",
+        "migration_region",
+        "migration_within_region",
+        "same_house_last_year",
+        "migration_sunbelt",
+        "persons_worked_for_employer",
+        "family_members_under_18",
+        "father_birth_country",
+        "mother_birth_country",
+        "birth_country",
+        "citizenship",
+        "own_business",
+        "veterans_questionnaire",
+        "veterans_benefits",
+        "weeks_worked",
+        "year",
+        "income",
+    ],
+    continuous=[
+        "age",
+        "wage_per_hour",
+        "capital_gains",
+        "capital_losses",
+        "dividends",
+        "persons_worked_for_employer",
+        "weeks_worked",
+    ],
     ignored=("instance_weight", "income"),
     task_columns={
         "age": ("age",),
@@ -162,10 +200,23 @@ ADULT = Schema(
     folder="adult",
     train_file="adult.data",
     test_file="adult.test",
-    columns=(
-        "age workclass fnlwgt education education_num marital_status occupation relationship "
-        "race sex capital_gain capital_loss hours_per_week native_country income"
-    ).split(),
+    columns=[
+        "age",
+        "workclass",
+        "fnlwgt",
+        "education",
+        "education_num",
+        "marital_status",
+        "occupation",
+        "relationship",
+        "race",
+        "sex",
+        "capital_gain",
+        "capital_loss",
+        "hours_per_week",
+        "native_country",
+        "income",
+    ],
     continuous=("age", "education_num", "capital_gain", "capital_loss", "hours_per_week"),
     ignored=("fnlwgt", "income"),
     task_columns={

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import Field
-from torch.utils.data import TensorDataset
-
 from mtlbench.datasets._models import multi_lenet
 from mtlbench.harness.dataset import DatasetParams, MultiTaskDataset, Splits
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_dataset
 from mtlbench.harness.tasks import TaskSet, TaskSpec
+from pydantic import Field
+from torch.utils.data import TensorDataset
 
 DIGIT_SIDE = 16
 CANVAS_SIDE = 20

@@ -19,14 +19,13 @@ import math
 
 import numpy as np
 import torch
-from pydantic import Field
-from torch import nn
-from torch.utils.data import TensorDataset
-
 from mtlbench.harness.dataset import DatasetParams, MultiTaskDataset, Splits
 from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.registry import register_dataset
 from mtlbench.harness.tasks import TaskSet, TaskSpec
+from pydantic import Field
+from torch import nn
+from torch.utils.data import TensorDataset
 
 TEACHER_FEATURES = 64
 

@@ -30,9 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field
-from torch import nn
-
 from mtlbench.datasets._files import data_root
 from mtlbench.datasets._images import ImageFiles, report_skipped, verify_images
 from mtlbench.datasets._models import ResNet18Encoder
@@ -40,6 +37,8 @@ from mtlbench.harness.dataset import DatasetFileError, DatasetParams, MultiTaskD
 from mtlbench.harness.model import MultiTaskModel, SeparateHeads
 from mtlbench.harness.registry import register_dataset
 from mtlbench.harness.tasks import TaskSet, TaskSpec
+from pydantic import Field
+from torch import nn
 
 FOLDER_NAMES = ("UTKFace", "utkface")
 NAME_PATTERN = re.compile(r"^(\d{1,3})_([01])_([0-4])_(\d+)\.jpg(\.chip\.jpg)?$", re.IGNORECASE)

@@ -9,13 +9,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
+from mtlbench.harness.config import ConfigError, load_suite
 from rich.console import Console
 from rich.table import Table
-
-from mtlbench.harness.config import ConfigError, load_suite
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -30,10 +28,12 @@ def _fail(message: str) -> None:
 @app.command()
 def run(
     suite_path: Path = typer.Argument(..., metavar="SUITE", help="suite YAML file"),
-    results_dir: Optional[Path] = typer.Option(None, help="override output.results_dir"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite under results)"),
-    executor: Optional[str] = typer.Option(None, help="override executor.kind: local | ray"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray)"),
+    results_dir: Path | None = typer.Option(None, help="override output.results_dir"),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI (default: SQLite under results)"
+    ),
+    executor: str | None = typer.Option(None, help="override executor.kind: local | ray"),
+    address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)"),
     leaderboard: bool = typer.Option(True, help="rebuild the leaderboard afterwards"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
@@ -46,7 +46,9 @@ def run(
     try:
         suite = load_suite(suite_path)
         if address:
-            suite = suite.model_copy(update={"executor": suite.executor.model_copy(update={"address": address})})
+            suite = suite.model_copy(
+                update={"executor": suite.executor.model_copy(update={"address": address})}
+            )
         summary = run_suite(suite, results_dir, tracking_uri, executor, console, progress)
         failures = [r for r in summary.recorded if r.status == "failed"]
         if failures and len(failures) == len(summary.recorded):
@@ -65,15 +67,26 @@ def run(
 
 @app.command()
 def submit(
-    suite_path: Path = typer.Argument(..., metavar="SUITE", help="suite YAML file inside the project"),
-    address: Optional[str] = typer.Option(
-        None, help="Ray job server (dashboard) address, e.g. http://head:8265 (default: RAY_ADDRESS)"
+    suite_path: Path = typer.Argument(
+        ..., metavar="SUITE", help="suite YAML file inside the project"
     ),
-    results_dir: Optional[str] = typer.Option(None, help="results folder on the head node [default: $HOME/mtlbench-results]"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI the job writes to"),
-    working_dir: Optional[Path] = typer.Option(None, help="folder uploaded as the job's working dir [default: the project]"),
-    ship_code: bool = typer.Option(True, help="ship this checkout's code with the job (py_modules)"),
-    dry_run: bool = typer.Option(False, help="print the job (JSON) and the equivalent `ray job submit`; send nothing"),
+    address: str | None = typer.Option(
+        None,
+        help="Ray job server (dashboard) address, e.g. http://head:8265 (default: RAY_ADDRESS)",
+    ),
+    results_dir: str | None = typer.Option(
+        None, help="results folder on the head node [default: $HOME/mtlbench-results]"
+    ),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI the job writes to"),
+    working_dir: Path | None = typer.Option(
+        None, help="folder uploaded as the job's working dir [default: the project]"
+    ),
+    ship_code: bool = typer.Option(
+        True, help="ship this checkout's code with the job (py_modules)"
+    ),
+    dry_run: bool = typer.Option(
+        False, help="print the job (JSON) and the equivalent `ray job submit`; send nothing"
+    ),
 ) -> None:
     """Run SUITE on a Ray cluster as a Ray job (`ray job submit`), the project as working dir."""
     import json
@@ -83,7 +96,9 @@ def submit(
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
-        job = build_submission(suite_path, address, results_dir, tracking_uri, working_dir, ship_code)
+        job = build_submission(
+            suite_path, address, results_dir, tracking_uri, working_dir, ship_code
+        )
     except (ConfigError, SubmitError) as error:
         _fail(str(error))
     if dry_run:
@@ -114,11 +129,15 @@ def leaderboard(
 
 @app.command()
 def scale(
-    study_path: Path = typer.Argument(..., metavar="SUITE", help="scaling study YAML (study: scaling)"),
-    results_dir: Optional[Path] = typer.Option(None, help="override output.results_dir"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite under results)"),
-    device: Optional[str] = typer.Option(None, help="override device: cpu | cuda | auto"),
-    axis: Optional[list[str]] = typer.Option(None, help="sweep only this axis (repeatable)"),
+    study_path: Path = typer.Argument(
+        ..., metavar="SUITE", help="scaling study YAML (study: scaling)"
+    ),
+    results_dir: Path | None = typer.Option(None, help="override output.results_dir"),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI (default: SQLite under results)"
+    ),
+    device: str | None = typer.Option(None, help="override device: cpu | cuda | auto"),
+    axis: list[str] | None = typer.Option(None, help="sweep only this axis (repeatable)"),
 ) -> None:
     """Sweep a scaling study (shared parameters, tasks, workers); write its table and page."""
     from mtlbench.harness.runner import ensure_writable
@@ -143,7 +162,9 @@ def scale(
     except ConfigError as error:
         _fail(str(error))
     page = build_scaling_page(target)
-    console.print(f"table: {outcome.table}; {outcome.measured} points measured, {outcome.reused} reused")
+    console.print(
+        f"table: {outcome.table}; {outcome.measured} points measured, {outcome.reused} reused"
+    )
     typer.echo(str(page))
 
 

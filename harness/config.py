@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from mtlbench.harness.method import TrainingConfig
 from mtlbench.harness.registry import DATASETS, METHODS, UnknownName
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -32,7 +31,7 @@ class BudgetConfig(_Strict):
     seconds: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "BudgetConfig":
+    def _exactly_one(self) -> BudgetConfig:
         if (self.flops is None) == (self.seconds is None):
             raise ValueError("give exactly one of 'flops' or 'seconds'")
         return self
@@ -149,7 +148,9 @@ def parse_suite(data: Any, source: str = "suite") -> SuiteConfig:
         engine = entry.engine or method_cls.default_engine
         if engine not in engine_names():
             known = ", ".join(engine_names())
-            raise ConfigError(f"{source}: {field}.engine: unknown engine {engine!r} (known: {known})")
+            raise ConfigError(
+                f"{source}: {field}.engine: unknown engine {engine!r} (known: {known})"
+            )
         for taskset in tasksets.values():
             try:
                 method_cls.check(method_params, taskset)

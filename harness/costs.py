@@ -9,8 +9,8 @@ element-wise work is not counted (FlopCounterMode does not count it either).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch.utils.flop_counter import FlopCounterMode
 

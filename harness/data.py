@@ -6,7 +6,7 @@ collation; other datasets (lazily decoded images) go through a ``DataLoader``.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor

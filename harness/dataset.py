@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
-from torch.utils.data import Dataset
-
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet
+from pydantic import BaseModel, ConfigDict
+from torch.utils.data import Dataset
 
 
 class DatasetParams(BaseModel):

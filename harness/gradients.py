@@ -23,16 +23,16 @@ Shapes: T tasks, B samples, P shared (encoder) parameters; ``z`` keeps its own s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
-
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.costs import PassCosts
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import Outputs, TaskSet
+from torch import Tensor, nn
 
 Batch = tuple[Tensor, Tensor]
 

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
-from torch import Tensor, nn
-
 from mtlbench.harness.gradients import Batch, GradientEngine
 from mtlbench.harness.tasks import TaskSet
+from torch import Tensor, nn
 
 HvpVariant = Literal["double_backward", "vjp_grad", "jvp_grad"]
 HVP_VARIANTS: tuple[HvpVariant, ...] = ("double_backward", "vjp_grad", "jvp_grad")
@@ -45,7 +45,7 @@ CALIBRATION_SAMPLES = 8
 # Variant chosen per model architecture (class, parameter shapes, device, dtype), per process.
 _VARIANT_CACHE: dict[tuple, HvpVariant] = {}
 # The variant whose costs an engine's "hvp"/"hvp_setup" entries were measured for.
-_MEASURED_VARIANT: "weakref.WeakKeyDictionary[GradientEngine, HvpVariant]" = (
+_MEASURED_VARIANT: weakref.WeakKeyDictionary[GradientEngine, HvpVariant] = (
     weakref.WeakKeyDictionary()
 )
 

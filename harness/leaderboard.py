@@ -21,7 +21,6 @@ from statistics import mean, pstdev
 from typing import Any
 
 import numpy as np
-
 from mtlbench.harness.metrics import hypervolume
 from mtlbench.harness.store import ResultStore
 
@@ -29,7 +28,11 @@ Row = dict[str, Any]
 
 
 def _fmt(value: float, digits: int = 4) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}g}"
+    return (
+        "—"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.{digits}g}"
+    )
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -54,7 +57,10 @@ def _best_solution(run_rows: list[Row]) -> Row:
 
     def key(row: Row) -> tuple[float, float]:
         delta = row["delta_m_pct"]
-        return (math.inf if delta is None or math.isnan(delta) else delta, float(np.mean(row["test_objectives"])))
+        return (
+            math.inf if delta is None or math.isnan(delta) else delta,
+            float(np.mean(row["test_objectives"])),
+        )
 
     return min(scored, key=key)
 
@@ -79,8 +85,13 @@ def _method_entries(group: list[Row]) -> list[dict[str, Any]]:
             entry = {
                 "hv": _mean_std([r[0]["hypervolume"] for r in completed]),
                 "delta_m": _mean_std([r[0]["run_delta_m_pct"] for r in completed]),
-                "metrics": [mean(b["test_metrics"][t] for b in best) if best else math.nan for t in range(len(task_names))],
-                "baseline_runs": sorted({h for r in completed for h in (r[0]["delta_m_baseline_runs"] or [])}),
+                "metrics": [
+                    mean(b["test_metrics"][t] for b in best) if best else math.nan
+                    for t in range(len(task_names))
+                ],
+                "baseline_runs": sorted(
+                    {h for r in completed for h in (r[0]["delta_m_baseline_runs"] or [])}
+                ),
                 "fronts": {r[0]["seed"]: r for r in completed},
             }
         all_runs = list(runs.values())
@@ -99,7 +110,9 @@ def _method_entries(group: list[Row]) -> list[dict[str, Any]]:
     return entries
 
 
-def _single_task_entry(runs: dict[str, list[Row]], task_names: list[str], reference: list[float]) -> dict[str, Any]:
+def _single_task_entry(
+    runs: dict[str, list[Row]], task_names: list[str], reference: list[float]
+) -> dict[str, Any]:
     import json
 
     by_seed: dict[int, list[list[Row]]] = defaultdict(list)
@@ -123,7 +136,9 @@ def _single_task_entry(runs: dict[str, list[Row]], task_names: list[str], refere
     }
 
 
-def _plot(entries: list[dict[str, Any]], title: str, path: Path, objective_names: list[str]) -> None:
+def _plot(
+    entries: list[dict[str, Any]], title: str, path: Path, objective_names: list[str]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,10 +157,14 @@ def _plot(entries: list[dict[str, Any]], title: str, path: Path, objective_names
         curve = all(r["coordinates"] and len(r["coordinates"]) == 2 for r in rows)
         if len(rows) > 2 and curve and entry["method"] != "single_task":
             order = np.argsort([r["coordinates"][0] for r in rows])
-            axes.plot(points[order, 0], points[order, 1], "-o", ms=3, color=color, label=entry["label"])
+            axes.plot(
+                points[order, 0], points[order, 1], "-o", ms=3, color=color, label=entry["label"]
+            )
         else:
             marker = "s" if entry["method"] == "single_task" else "o"
-            axes.scatter(points[:, 0], points[:, 1], marker=marker, color=color, label=entry["label"])
+            axes.scatter(
+                points[:, 0], points[:, 1], marker=marker, color=color, label=entry["label"]
+            )
     axes.set_xlabel(objective_names[0])
     axes.set_ylabel(objective_names[1] if len(objective_names) > 1 else "")
     axes.set_title(title)
@@ -180,9 +199,23 @@ def build_leaderboard(results_dir: Path) -> Path:
         task_names = entries[0]["task_names"]
         heading = f"{dataset} — budget {budget_limit:.3g} {budget_kind}"
         image = out / f"{dataset}_{budget_kind}_{budget_limit:.3g}.png".replace("+", "")
-        objective_names = [f"{n} test {('error' if h else 'MAE')}" for n, h in zip(task_names, group[0]["higher_is_better"])]
+        objective_names = [
+            f"{n} test {('error' if h else 'MAE')}"
+            for n, h in zip(task_names, group[0]["higher_is_better"])
+        ]
         _plot(entries, heading, image, objective_names)
-        header = ["rank", "method", "HV (mean ± sd)", "Δm% ", *[f"{n} metric" for n in task_names], "wall s", "steps", "budget used", "seeds", "runs"]
+        header = [
+            "rank",
+            "method",
+            "HV (mean ± sd)",
+            "Δm% ",
+            *[f"{n} metric" for n in task_names],
+            "wall s",
+            "steps",
+            "budget used",
+            "seeds",
+            "runs",
+        ]
         table = []
         for rank, e in enumerate(entries, 1):
             statuses = ", ".join(f"{k} {v}" for k, v in sorted(e["statuses"].items()))
@@ -207,13 +240,24 @@ def build_leaderboard(results_dir: Path) -> Path:
             f"scored checkpoint: {group[0]['scoring']}. Δm% against single-task runs "
             f"{', '.join(baselines) if baselines else '(none recorded)'}; metrics are those of each run's best-Δm% solution."
         )
-        markdown += [f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        markdown += [
+            f"## {heading}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
         markdown += ["| " + " | ".join(r) + " |" for r in table]
         markdown += ["", notes, "", f"![fronts]({image.name})", ""]
         encoded = base64.b64encode(image.read_bytes()).decode()
-        body.append(f"<h2>{html.escape(heading)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        body.append(
+            f"<h2>{html.escape(heading)}</h2><table><tr>"
+            + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+            + "</tr>"
+        )
         body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table]
-        body.append(f"</table><p>{html.escape(notes)}</p><img alt='fronts' src='data:image/png;base64,{encoded}'>")
+        body.append(
+            f"</table><p>{html.escape(notes)}</p><img alt='fronts' src='data:image/png;base64,{encoded}'>"
+        )
     style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>mtlbench leaderboard</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
     _atomic_write(out / "index.md", "\n".join(markdown) + "\n")

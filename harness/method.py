@@ -8,16 +8,16 @@ engine for every gradient, so the budget sees every pass.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
-
 from mtlbench.harness.gradients import Batch, GradientEngine
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
 
 StepLog = dict[str, Tensor]
 

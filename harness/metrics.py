@@ -12,8 +12,8 @@ point contribute nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import moocore
 import numpy as np
@@ -58,7 +58,9 @@ def hypervolume(objectives: np.ndarray, reference: Sequence[float]) -> Hypervolu
     points = points[moocore.is_nondominated(points)]
     dimensions = points.shape[1]
     if dimensions <= EXACT_MAX_DIMENSIONS_ANY_SIZE or len(points) <= EXACT_MAX_POINTS_HIGH_DIM:
-        return HypervolumeResult(float(moocore.hypervolume(points, ref=reference_point)), "exact", 0.0)
+        return HypervolumeResult(
+            float(moocore.hypervolume(points, ref=reference_point)), "exact", 0.0
+        )
     estimates = [
         moocore.hv_approx(
             points, ref=reference_point, nsamples=APPROX_SAMPLES, seed=seed, method="DZ2019-MC"

@@ -13,12 +13,11 @@ sum_t L_t gives all T per-task z-gradients at the cost of one heads backward, in
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
-
 from mtlbench.harness.tasks import Outputs
+from torch import Tensor, nn
 
 
 class MultiTaskModel(nn.Module):

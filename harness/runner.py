@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typing import Any
 
 from mtlbench.harness.config import ConfigError, SuiteConfig
 from mtlbench.harness.metrics import delta_m_percent
 from mtlbench.harness.store import ResultStore, baseline_for
 from mtlbench.harness.suite import RunSpec, expand_suite
 from mtlbench.harness.trainer import RunResult, train_run
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 StartCallback = Callable[[RunSpec], None]
 Executor = Callable[[list[RunSpec], StartCallback, Progress | None, Path], Iterator[RunResult]]
@@ -61,16 +61,18 @@ def execute_local(
         on_start(spec)
         task = progress.add_task(f"  {spec.title}", total=1.0) if progress else None
 
-        def report(fraction: float, step: int, task=task) -> None:
+        def report(fraction: float, step: int, task=task, title: str = spec.title) -> None:
             if progress is not None and task is not None:
-                progress.update(task, completed=fraction, description=f"  {spec.title} step {step}")
+                progress.update(task, completed=fraction, description=f"  {title} step {step}")
 
         yield train_run(spec, results_dir / "checkpoints" / spec.run_hash, report)
         if progress is not None and task is not None:
             progress.remove_task(task)
 
 
-def result_rows(result: RunResult, mlflow_run_id: str, previous_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def result_rows(
+    result: RunResult, mlflow_run_id: str, previous_rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Parquet rows of one run: one per solution (one placeholder row if none was scored)."""
     spec = result.spec
     hv = result.hypervolume
@@ -139,8 +141,18 @@ def result_rows(result: RunResult, mlflow_run_id: str, previous_rows: list[dict[
             }
         )
     if not rows:
-        rows.append({**base, "solution_index": -1, "solution_label": "", "on_front": False, "delta_m_pct": math.nan})
-    run_delta = min((r["delta_m_pct"] for r in rows), default=math.nan, key=lambda v: (math.isnan(v), v))
+        rows.append(
+            {
+                **base,
+                "solution_index": -1,
+                "solution_label": "",
+                "on_front": False,
+                "delta_m_pct": math.nan,
+            }
+        )
+    run_delta = min(
+        (r["delta_m_pct"] for r in rows), default=math.nan, key=lambda v: (math.isnan(v), v)
+    )
     for row in rows:
         row["run_delta_m_pct"] = run_delta
     return rows
@@ -181,8 +193,15 @@ def run_suite(
 
     kind = executor or suite.executor.kind
     run_executor = _executor(kind, suite)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, disable=not show_progress, transient=False) as progress:
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    ]
+    with Progress(
+        *columns, console=console, disable=not show_progress, transient=False
+    ) as progress:
         overall = progress.add_task(f"suite {suite.name}", total=len(todo))
         for result in run_executor(todo, on_start, progress, results_dir):
             rows = result_rows(result, mlflow_ids.get(result.spec.run_hash, ""), store.rows())
@@ -223,7 +242,9 @@ def backfill_delta_m(store: ResultStore, tracker: Any = None) -> int:
         if baseline is None:
             continue
         for row in run_rows:
-            row["delta_m_pct"] = delta_m_percent(row["test_metrics"], baseline[0], row["higher_is_better"])
+            row["delta_m_pct"] = delta_m_percent(
+                row["test_metrics"], baseline[0], row["higher_is_better"]
+            )
             row["delta_m_baseline_runs"] = baseline[1]
         run_delta = min(row["delta_m_pct"] for row in run_rows)
         for row in run_rows:

@@ -44,16 +44,15 @@ import os
 import resource
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.config import (
     ConfigError,
@@ -64,6 +63,7 @@ from mtlbench.harness.config import (
 )
 from mtlbench.harness.method import TrainingConfig
 from mtlbench.harness.registry import METHODS, UnknownName
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 AxisName = Literal["shared_parameters", "tasks", "workers"]
 AXES: tuple[str, ...] = ("shared_parameters", "tasks", "workers")
@@ -135,7 +135,7 @@ class StudyBudget(_Strict):
     flops: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "StudyBudget":
+    def _exactly_one(self) -> StudyBudget:
         if (self.ew_steps is None) == (self.flops is None):
             raise ValueError("give exactly one of 'ew_steps' or 'flops'")
         return self
@@ -160,7 +160,7 @@ class ScalingStudy(_Strict):
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
-    def _some_axis(self) -> "ScalingStudy":
+    def _some_axis(self) -> ScalingStudy:
         if all(getattr(self.axes, axis) is None for axis in AXES):
             raise ValueError("axes: give at least one of shared_parameters, tasks, workers")
         return self
@@ -293,7 +293,7 @@ class PeakMemory:
         self.measure = "rss_high_water" if self._can_reset_rss() else "process_max_rss"
         try:  # glibc: malloc_trim(0) gives freed heap pages back before each measurement
             self._libc = ctypes.CDLL("libc.so.6")
-            self._libc.malloc_trim
+            self._libc.malloc_trim  # noqa: B018 - raises AttributeError where it is missing
         except (OSError, AttributeError):
             self._libc = None
 
@@ -692,7 +692,6 @@ def log_study(
     value, the fitted slopes, the study's settings as parameters and its table as an artifact."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
-
     from mtlbench.harness.tracking import BATCH_LIMIT, default_tracking_uri
 
     client = MlflowClient(

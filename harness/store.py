@@ -111,14 +111,24 @@ class ResultStore:
         }
 
 
-def baseline_for(rows: list[dict[str, Any]], like: dict[str, Any]) -> tuple[list[float], list[str]] | None:
+def baseline_for(
+    rows: list[dict[str, Any]], like: dict[str, Any]
+) -> tuple[list[float], list[str]] | None:
     """Single-task baseline metrics (T,) for runs like ``like`` and the run hashes they come from.
 
     Baseline runs: ``single_task`` rows of the same dataset, dataset parameters, budget, training
     protocol, scoring and device, one per task, completed. Same seed when all tasks have it;
     otherwise the mean over the seeds that do. None if some task has no baseline at all.
     """
-    keys = ("dataset", "dataset_params", "budget_kind", "budget_limit", "training", "scoring", "device")
+    keys = (
+        "dataset",
+        "dataset_params",
+        "budget_kind",
+        "budget_limit",
+        "training",
+        "scoring",
+        "device",
+    )
     by_seed: dict[int, dict[int, tuple[float, str]]] = {}
     for row in rows:
         if row["method"] != "single_task" or row["status"] != "completed":

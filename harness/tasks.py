@@ -7,8 +7,9 @@ equal width, the fast path) or a list of ``T`` tensors ``(B, C_t)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

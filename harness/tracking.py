@@ -18,7 +18,6 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-
 from mtlbench.harness.suite import RunSpec
 from mtlbench.harness.trainer import RunResult
 
@@ -44,7 +43,9 @@ class Tracker:
         experiment = self.client.get_experiment_by_name(suite_name)
         if experiment is None:
             artifacts = (Path(results_dir) / "mlartifacts").resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(suite_name, artifact_location=artifacts)
+            self.experiment_id = self.client.create_experiment(
+                suite_name, artifact_location=artifacts
+            )
         else:
             self.experiment_id = experiment.experiment_id
         self.parent_run_id = self._suite_run()
@@ -123,7 +124,10 @@ class Tracker:
         for start in range(0, len(metrics), BATCH_LIMIT):
             self.client.log_batch(run_id, metrics=metrics[start : start + BATCH_LIMIT])
         tags = [RunTag(f"env.{k}", str(v)[:5000]) for k, v in result.environment.items()]
-        tags += [RunTag("mtlbench.status", result.status), RunTag("mtlbench.stop_reason", result.stop_reason)]
+        tags += [
+            RunTag("mtlbench.status", result.status),
+            RunTag("mtlbench.stop_reason", result.stop_reason),
+        ]
         if result.error:
             tags.append(RunTag("mtlbench.error", result.error[:5000]))
         self.client.log_batch(run_id, tags=tags)

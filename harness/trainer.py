@@ -20,14 +20,14 @@ import resource
 import subprocess
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-
 from mtlbench.harness.budget import Budget, BudgetExhausted
 from mtlbench.harness.data import evaluation_batches, training_batches
 from mtlbench.harness.dataset import MultiTaskDataset, Splits
@@ -149,7 +149,9 @@ def _installed_version(distribution: str) -> str:
 
 def environment(device: torch.device) -> dict[str, str]:
     """Versions and device recorded with every run (reproducibility)."""
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    )
     return {
         "mtlbench_version": _code_version(),
         "python": platform.python_version(),
@@ -281,7 +283,9 @@ def _train(
     torch.use_deterministic_algorithms(True, warn_only=True)
     model = dataset.build_model().to(device)
     method_cls = METHODS.get(spec.method)
-    method = method_cls(method_cls.Params.model_validate(spec.method_params), model, taskset, training)
+    method = method_cls(
+        method_cls.Params.model_validate(spec.method_params), model, taskset, training
+    )
     method.model.to(device)
 
     budget = Budget(spec.budget_kind, spec.budget_limit)  # type: ignore[arg-type]

@@ -29,13 +29,12 @@ import copy
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
+from mtlbench.harness.model import MultiTaskModel
+from mtlbench.harness.tasks import Outputs
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import update_bn
-
-from mtlbench.harness.model import MultiTaskModel
-from mtlbench.harness.tasks import Outputs
 
 Buffers = dict[str, Tensor]
 

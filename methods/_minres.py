@@ -21,8 +21,8 @@ iteration count nor a residual, and never checks the true residual. This one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

@@ -7,12 +7,11 @@ simplex. One forward and one backward per step: the baseline every ratio is meas
 from __future__ import annotations
 
 import torch
-from pydantic import field_validator
-
 from mtlbench.harness.gradients import Batch, GradientEngine
 from mtlbench.harness.method import Method, MethodParams, StepLog
 from mtlbench.harness.registry import register_method
 from mtlbench.harness.tasks import TaskSet
+from pydantic import field_validator
 
 
 class EWParams(MethodParams):

@@ -89,14 +89,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
-from torch import Tensor
-
 from mtlbench.harness.gradients import Batch, GradientEngine, StepState
 from mtlbench.harness.method import Method, MethodParams, StepLog
 from mtlbench.harness.registry import register_method
 from mtlbench.harness.tasks import TaskSet
 from mtlbench.methods.simplex_projection import project_simplex
+from pydantic import Field
+from torch import Tensor
 
 Estimator = Literal["exact_directional", "central", "forward"]
 Distribution = Literal["pairs", "gaussian", "orthogonal"]
@@ -148,7 +147,9 @@ def tangent_directions(
     gaussian = gaussian - gaussian.mean(dim=1, keepdim=True)
     if distribution == "orthogonal":
         if count > num_tasks - 1:
-            raise ValueError(f"orthogonal directions: num_directions must be <= T - 1 = {num_tasks - 1}")
+            raise ValueError(
+                f"orthogonal directions: num_directions must be <= T - 1 = {num_tasks - 1}"
+            )
         # The columns of Q span the same (tangent) subspace as the projected Gaussian columns.
         directions = torch.linalg.qr(gaussian.T).Q.T
     else:
@@ -298,7 +299,10 @@ class Marigold(Method):
             raise ValueError(
                 "estimator 'forward' gives no curvature: use step_rule 'fixed' with it"
             )
-        if params.direction_distribution == "orthogonal" and params.num_directions > len(taskset) - 1 > 0:
+        if (
+            params.direction_distribution == "orthogonal"
+            and params.num_directions > len(taskset) - 1 > 0
+        ):
             raise ValueError(
                 f"num_directions must be <= T - 1 = {len(taskset) - 1} for orthogonal directions"
             )

@@ -20,13 +20,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
-from torch import Tensor
-
 from mtlbench.harness.gradients import Batch, GradientEngine, StepState
 from mtlbench.harness.method import Method, MethodParams, StepLog
 from mtlbench.harness.registry import register_method
 from mtlbench.methods.min_norm import GradientNormalization, mgda_weights
+from pydantic import Field
+from torch import Tensor
 
 
 class MGDAParams(MethodParams):
@@ -75,7 +74,9 @@ class MGDA(Method):
         self, state: StepState, engine: GradientEngine, weights: Tensor, head_weights: Tensor
     ) -> None:
         """Write sum_t a_t g_t (from the per-task gradients in hand) and head gradients to ``.grad``."""
-        engine.apply_shared_direction(state, engine.shared_combination(state, weights), head_weights)
+        engine.apply_shared_direction(
+            state, engine.shared_combination(state, weights), head_weights
+        )
 
     # ---- the step ---------------------------------------------------------------------------
     def step(self, batch: Batch, engine: GradientEngine) -> StepLog:

@@ -26,11 +26,10 @@ a zero ``direction_norm`` means Pareto stationarity with respect to z only. The 
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from mtlbench.harness.gradients import GradientEngine, StepState
 from mtlbench.harness.registry import register_method
 from mtlbench.methods.mgda import MGDA
+from torch import Tensor
 
 
 @register_method("mgda_ub")

@@ -41,13 +41,11 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
-from torch import Tensor, nn
-
 from mtlbench.harness.budget import BudgetExhausted
 from mtlbench.harness.gradients import Batch, GradientEngine
 from mtlbench.harness.hvp import (
@@ -73,6 +71,8 @@ from mtlbench.methods._pareto_geometry import (
     tangent_codes,
 )
 from mtlbench.methods.min_norm import min_norm_weights, two_vector_weight
+from pydantic import Field
+from torch import Tensor, nn
 
 
 def precise_min_norm_weights(gram: Tensor, polish_iterations: int = 10) -> Tensor:

@@ -61,15 +61,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
-from torch import Tensor
-
 from mtlbench.harness.gradients import Batch, GradientEngine
 from mtlbench.harness.method import Method, MethodParams, Solution, StepLog
 from mtlbench.harness.registry import register_method
 from mtlbench.harness.tasks import TaskSet
 from mtlbench.methods._ensemble import EnsembleModel
 from mtlbench.methods._simplex import simplex_evaluation_points
+from pydantic import Field, field_validator
+from torch import Tensor
 
 GRADNORM_EPSILON = 1e-3  # ξ of the reference's gradient normalisation
 

@@ -8,7 +8,6 @@ it is evaluated on every task, but only its own task's metric serves as a baseli
 from __future__ import annotations
 
 import torch
-
 from mtlbench.harness.gradients import Batch, GradientEngine
 from mtlbench.harness.method import Method, MethodParams, StepLog
 from mtlbench.harness.registry import register_method

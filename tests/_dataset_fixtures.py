@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from mtlbench.datasets._files import write_idx
 from mtlbench.datasets.celeba import ATTRIBUTES
 from mtlbench.datasets.census import ADULT, KDD
+from PIL import Image
 
 
 def write_idx_dataset(

@@ -12,13 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
+from _problems import tiny_batches, tiny_model, tiny_taskset
 from mtlbench.harness.budget import Budget, BudgetExhausted
 from mtlbench.harness.gradients import get_engine
 from mtlbench.harness.method import Method, TrainingConfig
 from mtlbench.harness.registry import METHODS
-
-from _problems import tiny_batches, tiny_model, tiny_taskset  # noqa: E402 (tests folder on path)
 
 
 def train_tiny(
@@ -43,7 +41,9 @@ def train_tiny(
     ew_step = probe.costs.flops("encoder_forward", 32) + probe.costs.flops("heads_forward", 32)
     ew_step += probe.costs.flops("heads_backward", 32) + probe.costs.flops("encoder_backward", 32)
     budget = Budget("flops", ew_step * budget_steps)
-    engine_obj = get_engine(engine or method_cls.default_engine)(method.model, taskset, budget, batches[0])
+    engine_obj = get_engine(engine or method_cls.default_engine)(
+        method.model, taskset, budget, batches[0]
+    )
     logs = []
     for batch in batches:
         try:
@@ -55,11 +55,15 @@ def train_tiny(
     return method, budget, logs
 
 
-def check_method_properties(name: str, params: dict[str, Any] | None = None, engine: str | None = None) -> None:
+def check_method_properties(
+    name: str, params: dict[str, Any] | None = None, engine: str | None = None
+) -> None:
     """Run every property check on method ``name``; raises AssertionError on a violation."""
     method, budget, logs = train_tiny(name, params, engine)
     assert logs, f"{name}: no step fitted in the budget"
-    assert budget.spent_flops <= budget.limit, f"{name}: spent {budget.spent_flops} > {budget.limit}"
+    assert budget.spent_flops <= budget.limit, (
+        f"{name}: spent {budget.spent_flops} > {budget.limit}"
+    )
     for log in logs:
         for key, value in log.items():
             assert torch.isfinite(value).all(), f"{name}: non-finite {key}"
@@ -68,7 +72,9 @@ def check_method_properties(name: str, params: dict[str, Any] | None = None, eng
             weights = log["weights"]
             assert weights.shape == (3,), f"{name}: weights shape {tuple(weights.shape)}"
             assert (weights >= -1e-7).all(), f"{name}: negative weight {weights}"
-            assert abs(float(weights.sum()) - 1) < 1e-5, f"{name}: weights sum {float(weights.sum())}"
+            assert abs(float(weights.sum()) - 1) < 1e-5, (
+                f"{name}: weights sum {float(weights.sum())}"
+            )
     inputs, _ = tiny_batches(3, count=1, seed=99)[0]
     solutions = list(method.solutions())
     assert solutions, f"{name}: no solutions"
@@ -77,7 +83,11 @@ def check_method_properties(name: str, params: dict[str, Any] | None = None, eng
             assert len(solution.coordinates) == 3
         with torch.no_grad():
             outputs = solution.model(inputs)
-        stacked = outputs if isinstance(outputs, torch.Tensor) else torch.cat([o.flatten() for o in outputs])
+        stacked = (
+            outputs
+            if isinstance(outputs, torch.Tensor)
+            else torch.cat([o.flatten() for o in outputs])
+        )
         assert torch.isfinite(stacked).all(), f"{name}: solution {solution.label} non-finite"
     # determinism: the same seed gives identical parameters and logs
     again, budget_again, logs_again = train_tiny(name, params, engine)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.tasks import TaskSet, TaskSpec
+from torch import nn
 
 INPUT_FEATURES = 8
 CLASSES = 4

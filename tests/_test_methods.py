@@ -12,12 +12,11 @@ import signal
 import time
 
 import torch
-from pydantic import Field
-
 from mtlbench.harness.method import Method, MethodParams
 from mtlbench.harness.registry import METHODS
 from mtlbench.methods.ew import EqualWeighting
 from mtlbench.methods.min_norm import min_norm_weights
+from pydantic import Field
 
 
 class FailAtParams(MethodParams):

@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
-
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet, TaskSpec
+from torch import Tensor, nn
 
 
 class ObjectiveTask(TaskSpec):

@@ -4,12 +4,11 @@ import time
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from mtlbench.harness.budget import Budget, BudgetExhausted
 from mtlbench.harness.gradients import get_engine
 from mtlbench.harness.method import TrainingConfig
 from mtlbench.harness.registry import DATASETS, METHODS
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def test_charge_refuses_overspend_and_records_nothing() -> None:

@@ -16,22 +16,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import ray
 import typer
 import yaml
-from typer.testing import CliRunner
-
 from mtlbench.cluster.submit import package_code, project_root
 from mtlbench.cluster.wait_for_nodes import main as wait_main
 from mtlbench.harness.cli import app
+from typer.testing import CliRunner
 
 RECIPES = project_root() / "cluster" / "recipes"
 
 
 def _flags(command) -> set[str]:
     """Every option spelling a click command accepts (``--num-cpus``, ``-v``, ...)."""
-    return {spelling for param in command.params for spelling in (*param.opts, *param.secondary_opts)}
+    return {
+        spelling for param in command.params for spelling in (*param.opts, *param.secondary_opts)
+    }
 
 
 def _used_flags(tokens: list[str]) -> set[str]:
@@ -73,16 +73,26 @@ def test_slurm_script_dry_run_prints_valid_commands() -> None:
     script = RECIPES / "slurm-ray.sbatch"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     assert "#SBATCH --gpus-per-node=" in script.read_text()
-    env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "NODES": "gpu01,gpu02 gpu03",
-           "SLURM_CPUS_PER_TASK": "16", "SLURM_GPUS_PER_NODE": "a100:4"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DRY_RUN": "1",
+        "NODES": "gpu01,gpu02 gpu03",
+        "SLURM_CPUS_PER_TASK": "16",
+        "SLURM_GPUS_PER_NODE": "a100:4",
+    }
     out = subprocess.run(
         ["bash", str(script), "suites/quickstart.yaml", "/shared/results"],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.splitlines()
     starts = [shlex.split(line.rstrip(" &")) for line in out if " ray start " in line]
     assert len(starts) == 3 and all(line.endswith(" &") for line in out if " ray start " in line)
     head, *workers = starts
-    assert head[:6] == ["srun", "--nodes=1", "--ntasks=1", "-w", "gpu01", "ray"] and "--head" in head
+    assert (
+        head[:6] == ["srun", "--nodes=1", "--ntasks=1", "-w", "gpu01", "ray"] and "--head" in head
+    )
     assert {w[4] for w in workers} == {"gpu02", "gpu03"}
     assert all("--address=gpu01:6379" in w for w in workers)
     for line in starts:
@@ -105,8 +115,15 @@ def test_submit_dry_run_builds_a_ray_job_submit_that_ray_accepts() -> None:
     root = project_root()
     outcome = CliRunner().invoke(
         app,
-        ["submit", str(root / "suites" / "quickstart.yaml"), "--address", "http://head:8265",
-         "--tracking-uri", "http://mlflow:5000", "--dry-run"],
+        [
+            "submit",
+            str(root / "suites" / "quickstart.yaml"),
+            "--address",
+            "http://head:8265",
+            "--tracking-uri",
+            "http://mlflow:5000",
+            "--dry-run",
+        ],
     )
     assert outcome.exit_code == 0, outcome.output
     job = json.loads(outcome.stdout)
@@ -118,7 +135,9 @@ def test_submit_dry_run_builds_a_ray_job_submit_that_ray_accepts() -> None:
     assert _used_flags(entry[4:]) <= RUN_FLAGS
     assert entry[entry.index("--executor") + 1] == "ray"
     assert entry[entry.index("--tracking-uri") + 1] == "http://mlflow:5000"
-    assert entry[entry.index("--results-dir") + 1] == "$HOME/mtlbench-results"  # expanded on the head
+    assert (
+        entry[entry.index("--results-dir") + 1] == "$HOME/mtlbench-results"
+    )  # expanded on the head
 
     command = shlex.split(job["ray_job_submit"])
     assert command[:3] == ["ray", "job", "submit"]
@@ -143,8 +162,12 @@ def test_shipped_code_imports_ahead_of_the_installed_copy(tmp_path: Path) -> Non
     package = package_code(tmp_path)
     probe = "import mtlbench.harness.cli, mtlbench.cluster.sharded, mtlbench.methods.ew as m; print(m.__file__)"
     out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     assert Path(out).is_relative_to(package)
 
@@ -153,4 +176,7 @@ def test_wait_for_nodes_times_out_with_one_line(capsys) -> None:
     """No head at that address: exit 1 and one line naming the address (a live cluster is
     covered in tests/test_ray_executor.py)."""
     assert wait_main(["--address", "127.0.0.1:1", "--nodes", "1", "--timeout", "0"]) == 1
-    assert capsys.readouterr().err.strip() == "wait_for_nodes: no Ray head answered at 127.0.0.1:1 within 0 s"
+    assert (
+        capsys.readouterr().err.strip()
+        == "wait_for_nodes: no Ray head answered at 127.0.0.1:1 within 0 s"
+    )

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from mtlbench.harness.config import ConfigError, load_suite, parse_suite
 from mtlbench.harness.registry import DATASETS, METHODS
 from mtlbench.harness.suite import expand_suite
@@ -56,10 +55,22 @@ def test_run_hash_ignores_suite_name_but_not_budget() -> None:
         ({"budget": {"flops": -5}}, "budget.flops: Input should be greater than 0"),
         ({"budget": {"flops": "lots"}}, "budget.flops: Input should be a valid number"),
         ({"budget": {}}, "budget: give exactly one of 'flops' or 'seconds'"),
-        ({"budget": {"flops": 1, "seconds": 1}}, "budget: give exactly one of 'flops' or 'seconds'"),
-        ({"methods": [{"name": "ew", "params": {"preference": [1, 2, 3]}}]}, "methods[0].params: preference has 3 entries"),
-        ({"methods": [{"name": "ew", "params": {"gamma": 1}}]}, "methods[0].params.gamma: unknown field"),
-        ({"methods": [{"name": "ew", "engine": "warp"}]}, "methods[0].engine: unknown engine 'warp'"),
+        (
+            {"budget": {"flops": 1, "seconds": 1}},
+            "budget: give exactly one of 'flops' or 'seconds'",
+        ),
+        (
+            {"methods": [{"name": "ew", "params": {"preference": [1, 2, 3]}}]},
+            "methods[0].params: preference has 3 entries",
+        ),
+        (
+            {"methods": [{"name": "ew", "params": {"gamma": 1}}]},
+            "methods[0].params.gamma: unknown field",
+        ),
+        (
+            {"methods": [{"name": "ew", "engine": "warp"}]},
+            "methods[0].engine: unknown engine 'warp'",
+        ),
         ({"methods": [{"name": "ew"}, {"name": "ew"}]}, "methods[1].label: 'ew' is used twice"),
         ({"training": {"batch_size": 0}}, "training.batch_size: Input should be greater than 0"),
         ({"scoring": "best"}, "scoring: Input should be 'final' or 'best_val'"),

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _dataset_fixtures import write_celeba, write_census, write_idx_dataset, write_utkface
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.config import load_suite, parse_suite
@@ -105,9 +104,8 @@ def test_suite_runs_end_to_end_on_fixture_files(tmp_path, dataset) -> None:
 
 def test_cli_run_without_the_files_ends_with_one_line_naming_the_file(tmp_path) -> None:
     import yaml
-    from typer.testing import CliRunner
-
     from mtlbench.harness.cli import app
+    from typer.testing import CliRunner
 
     data = tiny_suite("multimnist", tmp_path, {})
     data["budget"] = {"flops": 1e9}

@@ -14,9 +14,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
 from _dataset_fixtures import (
     write_celeba,
     write_census,
@@ -37,6 +34,8 @@ from mtlbench.datasets.census import KDD, input_columns
 from mtlbench.harness.dataset import DatasetFileError
 from mtlbench.harness.model import count_parameters
 from mtlbench.harness.registry import DATASETS
+from PIL import Image
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 REAL = ["multimnist", "multifashion", "fashion_mnist", "utkface", "celeba", "census"]
 

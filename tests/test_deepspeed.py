@@ -19,18 +19,17 @@ import torch
 os.environ.setdefault(
     "TORCH_EXTENSIONS_DIR", str(Path(tempfile.gettempdir()) / "mtlbench-torch-extensions")
 )
-from mtlbench.cluster.deepspeed_engine import DeepSpeedEngine, prepare_environment  # noqa: E402
+from mtlbench.cluster.deepspeed_engine import DeepSpeedEngine, prepare_environment
 
 prepare_environment(torch.device("cpu"))
 deepspeed = pytest.importorskip("deepspeed")
 
-from mtlbench.harness.budget import Budget  # noqa: E402
-from mtlbench.harness.gradients import get_engine  # noqa: E402
-from mtlbench.harness.config import parse_suite  # noqa: E402
-from mtlbench.harness.suite import expand_suite  # noqa: E402
-from mtlbench.harness.trainer import train_run  # noqa: E402
-
-from _problems import tiny_batches, tiny_model, tiny_taskset  # noqa: E402
+from _problems import tiny_batches, tiny_model, tiny_taskset
+from mtlbench.harness.budget import Budget
+from mtlbench.harness.config import parse_suite
+from mtlbench.harness.gradients import get_engine
+from mtlbench.harness.suite import expand_suite
+from mtlbench.harness.trainer import train_run
 
 NUM_TASKS = 3
 LR = 1e-2
@@ -266,4 +265,7 @@ def test_config_protocol_and_merge() -> None:
     assert config["gradient_clipping"] == 0.0 and config["managed_gradient_accumulation"] is False
     zero = config["zero_optimization"]
     assert zero["stage"] == 2 and zero["offload_optimizer"] == {"device": "cpu"}
-    assert zero["reduce_bucket_size"] % 4096 == 0 and 1_000_003 <= zero["reduce_bucket_size"] < 1_004_100
+    assert (
+        zero["reduce_bucket_size"] % 4096 == 0
+        and 1_000_003 <= zero["reduce_bucket_size"] < 1_004_100
+    )

@@ -8,16 +8,17 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from typer.testing import CliRunner
-
 from mtlbench.harness.cli import app
 from mtlbench.harness.config import parse_suite
 from mtlbench.harness.suite import expand_suite
 from mtlbench.harness.trainer import train_run
+from typer.testing import CliRunner
 
 TINY = {
     "name": "tiny",
-    "datasets": [{"name": "multidigits", "params": {"train_pairs": 512, "val_pairs": 128, "test_pairs": 256}}],
+    "datasets": [
+        {"name": "multidigits", "params": {"train_pairs": 512, "val_pairs": 128, "test_pairs": 256}}
+    ],
     "methods": [{"name": "single_task"}, {"name": "ew"}],
     "seeds": [0, 1],
     "budget": {"flops": 3.0e9},
@@ -102,7 +103,11 @@ def test_best_val_scoring_records_its_step(tmp_path: Path) -> None:
     spec = expand_suite(parse_suite(data))[0]
     result = train_run(spec)
     assert result.status == "completed"
-    assert 0 < result.scored_step <= result.steps and result.scored_step % 10 == 0 or result.scored_step == result.steps
+    assert (
+        0 < result.scored_step <= result.steps
+        and result.scored_step % 10 == 0
+        or result.scored_step == result.steps
+    )
 
 
 def test_bad_input_exits_2_with_one_line_and_keeps_records(finished_suite, tmp_path: Path) -> None:
@@ -110,7 +115,15 @@ def test_bad_input_exits_2_with_one_line_and_keeps_records(finished_suite, tmp_p
     before = {p.name: p.stat().st_mtime_ns for p in (results / "runs").iterdir()}
     bad = _write_suite(tmp_path, {**TINY, "methods": [{"name": "nope"}]})
     outcome = subprocess.run(
-        [sys.executable, "-m", "mtlbench.harness.cli", "run", str(bad), "--results-dir", str(results)],
+        [
+            sys.executable,
+            "-m",
+            "mtlbench.harness.cli",
+            "run",
+            str(bad),
+            "--results-dir",
+            str(results),
+        ],
         capture_output=True,
         text=True,
     )

@@ -7,9 +7,7 @@ import copy
 
 import pytest
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
+from _problems import tiny_batches, tiny_model, tiny_taskset
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.gradients import flatten_gradients, get_engine
 from mtlbench.harness.method import TrainingConfig
@@ -17,8 +15,8 @@ from mtlbench.harness.model import MultiTaskModel, SeparateHeads
 from mtlbench.harness.registry import DATASETS, METHODS
 from mtlbench.harness.tasks import TaskSet, TaskSpec
 from mtlbench.methods.min_norm import min_norm_weights
-
-from _problems import tiny_batches, tiny_model, tiny_taskset
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 ENGINES = [("loop", {}), ("batched", {}), ("batched", {"chunk_size": 2}), ("representation", {})]
 

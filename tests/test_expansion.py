@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import scipy.sparse.linalg
 import torch
-from torch.func import functional_call, jacrev
-from torch.utils.flop_counter import FlopCounterMode
-
+from _method_checks import check_method_properties, train_tiny
+from _problems import tiny_batches, tiny_model, tiny_taskset
+from _zdt2 import distance_to_front, front_coverage, zdt2_batch, zdt2_model, zdt2_taskset
 from mtlbench.harness.budget import Budget, BudgetExhausted
 from mtlbench.harness.gradients import get_engine
 from mtlbench.harness.hvp import (
-    HVP_VARIANTS,
     _VARIANT_CACHE,
+    HVP_VARIANTS,
     build_hvp,
     choose_hvp_variant,
     full_jacobian,
@@ -43,10 +43,8 @@ from mtlbench.methods.pareto_expansion import (
     ParetoExpansion,
     ParetoExpansionParams,
 )
-
-from _method_checks import check_method_properties, train_tiny
-from _problems import tiny_batches, tiny_model, tiny_taskset
-from _zdt2 import distance_to_front, front_coverage, zdt2_batch, zdt2_model, zdt2_taskset
+from torch.func import functional_call, jacrev
+from torch.utils.flop_counter import FlopCounterMode
 
 
 # ---- Hessian-vector products -------------------------------------------------------------------

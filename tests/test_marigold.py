@@ -9,21 +9,20 @@ quadprog on that Gram (min w^T M w on the simplex), checked by its KKT condition
 from __future__ import annotations
 
 import copy
+
 import numpy as np
 import pytest
 import torch
-from qpsolvers import solve_qp
-from torch import nn
-
+from _method_checks import check_method_properties, train_tiny
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.gradients import GradientEngine, get_engine
 from mtlbench.harness.method import TrainingConfig
 from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.tasks import TaskSet, TaskSpec
-from mtlbench.methods.marigold import Marigold, MarigoldParams, tangent_directions, UpperLevel
+from mtlbench.methods.marigold import Marigold, MarigoldParams, UpperLevel, tangent_directions
 from mtlbench.methods.min_norm import min_norm_weights, two_vector_weight
-
-from _method_checks import check_method_properties, train_tiny
+from qpsolvers import solve_qp
+from torch import nn
 
 INPUTS, REPRESENTATION, SAMPLES = 6, 4, 48
 
@@ -53,8 +52,13 @@ def qp_min_norm_weights(gram: torch.Tensor) -> torch.Tensor:
     size = gram.shape[0]
     scaled = (gram / gram.trace()).numpy()
     solution = solve_qp(
-        2 * scaled + 1e-12 * np.eye(size), np.zeros(size), -np.eye(size), np.zeros(size),
-        np.ones((1, size)), np.ones(1), solver="quadprog",
+        2 * scaled + 1e-12 * np.eye(size),
+        np.zeros(size),
+        -np.eye(size),
+        np.zeros(size),
+        np.ones((1, size)),
+        np.ones(1),
+        solver="quadprog",
     )
     return torch.from_numpy(solution)
 
@@ -129,7 +133,9 @@ def test_slopes_and_curvatures_against_the_gram() -> None:
                 assert abs(got_slope - slope) < 1e-5 * scale
                 assert abs(got_curvature - curvature) < 1e-5 * scale
                 torch.testing.assert_close(along, upper.gradient(direction), rtol=1e-4, atol=1e-6)
-            forward_slope, _, _ = upper.slope_and_curvature(weights, gradient, direction, "forward", 0.1)
+            forward_slope, _, _ = upper.slope_and_curvature(
+                weights, gradient, direction, "forward", 0.1
+            )
             assert abs(forward_slope - (slope + 0.1 * curvature)) < 1e-4 * scale
 
 
@@ -187,11 +193,20 @@ def test_full_algorithm_steps_theta_on_the_logged_weights_and_tracks_mgda() -> N
         ({"num_directions": 2}, 3),
         ({"num_directions": 3}, 4),
         ({"estimator": "central", "num_directions": 2}, 5),
-        ({"estimator": "forward", "step_rule": "fixed", "weight_step": 1e-3,
-          "num_directions": 1}, 2),
+        (
+            {
+                "estimator": "forward",
+                "step_rule": "fixed",
+                "weight_step": 1e-3,
+                "num_directions": 1,
+            },
+            2,
+        ),
     ],
 )
-def test_backward_passes_per_step_do_not_depend_on_the_number_of_tasks(params, passes_per_step) -> None:
+def test_backward_passes_per_step_do_not_depend_on_the_number_of_tasks(
+    params, passes_per_step
+) -> None:
     """Budget tally after 4 steps is identical for T = 2 and T = 40: 1 + q (or 1 + 2q) encoder
     backwards and heads-to-z backwards per step, one heads-parameter backward, one forward."""
     tallies = []
@@ -249,7 +264,9 @@ def test_parameter_errors_name_the_field() -> None:
     with pytest.raises(ValueError, match="forward"):
         Marigold.check(MarigoldParams(estimator="forward"), taskset)
     with pytest.raises(ValueError, match="num_directions"):
-        Marigold.check(MarigoldParams(direction_distribution="orthogonal", num_directions=3), taskset)
+        Marigold.check(
+            MarigoldParams(direction_distribution="orthogonal", num_directions=3), taskset
+        )
     with pytest.raises(ValueError, match="smoothing_radius"):
         MarigoldParams(smoothing_radius=0)
 
@@ -260,9 +277,18 @@ def test_parameter_errors_name_the_field() -> None:
     [
         {},
         {"estimator": "central", "direction_distribution": "gaussian", "num_directions": 2},
-        {"step_rule": "fixed", "estimator": "forward", "smoothing_radius": 1e-3, "weight_step": 0.1},
-        {"direction_distribution": "orthogonal", "num_directions": 2, "update_every": 2,
-         "head_weighting": "task_weights"},
+        {
+            "step_rule": "fixed",
+            "estimator": "forward",
+            "smoothing_radius": 1e-3,
+            "weight_step": 0.1,
+        },
+        {
+            "direction_distribution": "orthogonal",
+            "num_directions": 2,
+            "update_every": 2,
+            "head_weighting": "task_weights",
+        },
     ],
 )
 def test_marigold_property_checks(params) -> None:

@@ -1,10 +1,8 @@
 """Every registered method passes the shared property checks (tests/_method_checks.py)."""
 
 import pytest
-
-from mtlbench.harness.registry import METHODS
-
 from _method_checks import check_method_properties
+from mtlbench.harness.registry import METHODS
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -19,7 +17,6 @@ def test_ew_properties_on_batched_engine() -> None:
 def test_property_checks_catch_weights_off_the_simplex() -> None:
     """The checks are not vacuous: a method whose weights sum to 2 is rejected."""
     import torch
-
     from mtlbench.harness.method import Method
 
     class BrokenWeights(Method):

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 from mtlbench.harness.metrics import delta_m_percent, hypervolume, pareto_mask
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import qpsolvers
 import torch
-
 from mtlbench.methods.min_norm import (
     gradient_normalizers,
     mgda_weights,

@@ -15,8 +15,8 @@ import moocore
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
+from _method_checks import check_method_properties
+from _problems import tiny_batches, tiny_model, tiny_taskset
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.gradients import GradientEngine
 from mtlbench.harness.method import TrainingConfig
@@ -25,9 +25,7 @@ from mtlbench.harness.tasks import TaskSet, TaskSpec
 from mtlbench.methods._ensemble import EnsembleModel, reinitialised_copy
 from mtlbench.methods._simplex import simplex_evaluation_points
 from mtlbench.methods.pml import ParetoManifoldLearning, PMLParams, ordering_penalty
-
-from _method_checks import check_method_properties
-from _problems import tiny_batches, tiny_model, tiny_taskset
+from torch import nn
 
 NUM_TASKS = 3
 CLASSES = 4

@@ -15,19 +15,18 @@ import sys
 import time
 from pathlib import Path
 
+import _test_methods
 import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
-from typer.testing import CliRunner
-
-import _test_methods
 from mtlbench.harness.cli import app
 from mtlbench.harness.config import parse_suite
 from mtlbench.harness.suite import expand_suite
 from mtlbench.harness.trainer import train_run
+from typer.testing import CliRunner
 
 TESTS = Path(__file__).resolve().parent
 DATASET = {"name": "multidigits", "params": {"train_pairs": 256, "val_pairs": 64, "test_pairs": 64}}
@@ -89,7 +88,15 @@ def test_failures_are_recorded_and_the_suite_goes_on(ray_address, tmp_path: Path
     _test_methods.register()  # the driver validates the suite against the registry
     try:
         outcome = CliRunner().invoke(
-            app, ["run", str(suite_file), "--results-dir", str(results), "--no-progress", "--no-leaderboard"]
+            app,
+            [
+                "run",
+                str(suite_file),
+                "--results-dir",
+                str(results),
+                "--no-progress",
+                "--no-leaderboard",
+            ],
         )
         ew_spec = expand_suite(parse_suite(data))[0]
     finally:
@@ -102,13 +109,20 @@ def test_failures_are_recorded_and_the_suite_goes_on(ray_address, tmp_path: Path
     assert rows["ew"]["status"] == "completed" and rows["ew"]["steps"] == 8
     assert rows["test_raises"]["status"] == "failed"
     assert "RuntimeError: test_raises: failing on purpose at step 3" in rows["test_raises"]["error"]
-    assert rows["test_nan"]["status"] == "diverged" and rows["test_nan"]["stop_reason"] == "diverged"
+    assert (
+        rows["test_nan"]["status"] == "diverged" and rows["test_nan"]["stop_reason"] == "diverged"
+    )
     assert "non-finite task loss" in rows["test_nan"]["error"]
     assert rows["test_kills_worker"]["status"] == "failed"
     assert "WorkerCrashedError" in rows["test_kills_worker"]["error"]
 
     statuses = {r.data.params["method"]: r.info.status for r in _children(results, "faults")}
-    assert statuses == {"ew": "FINISHED", "test_nan": "FINISHED", "test_raises": "FAILED", "test_kills_worker": "FAILED"}
+    assert statuses == {
+        "ew": "FINISHED",
+        "test_nan": "FINISHED",
+        "test_raises": "FAILED",
+        "test_kills_worker": "FAILED",
+    }
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as on the worker (cpus_per_run: 1)
@@ -136,12 +150,26 @@ def test_driver_killed_mid_suite_rerun_completes_only_missing(ray_address, tmp_p
     # the CLI, in a process that first registers the test-only methods
     cli = "import _test_methods; _test_methods.register(); from mtlbench.harness.cli import main; main()"
     command = [
-        sys.executable, "-c", cli, "run", str(suite_file), "--results-dir", str(results),
-        "--address", ray_address, "--no-progress", "--no-leaderboard",
+        sys.executable,
+        "-c",
+        cli,
+        "run",
+        str(suite_file),
+        "--results-dir",
+        str(results),
+        "--address",
+        ray_address,
+        "--no-progress",
+        "--no-leaderboard",
     ]
-    workers = {"env_vars": {"PYTHONPATH": str(TESTS)}, "worker_process_setup_hook": "_test_methods.register"}
+    workers = {
+        "env_vars": {"PYTHONPATH": str(TESTS)},
+        "worker_process_setup_hook": "_test_methods.register",
+    }
     env = {**os.environ, "PYTHONPATH": str(TESTS), "MTLBENCH_RAY_RUNTIME_ENV": json.dumps(workers)}
-    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    driver = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     deadline = time.monotonic() + 240
     while not _first_recorded_next_running(results, "interrupted"):
         assert driver.poll() is None, driver.stdout.read()
@@ -174,9 +202,16 @@ def test_driver_killed_mid_suite_rerun_completes_only_missing(ray_address, tmp_p
 def test_wait_for_nodes_sees_the_live_head(ray_address) -> None:
     """The SLURM recipe's wait step against a live head: exit 0 once 1 node is up; 2 times out."""
     command = [sys.executable, "-m", "mtlbench.cluster.wait_for_nodes", "--address", ray_address]
-    up = subprocess.run([*command, "--nodes", "1", "--timeout", "60"], capture_output=True, text=True)
+    up = subprocess.run(
+        [*command, "--nodes", "1", "--timeout", "60"], capture_output=True, text=True
+    )
     assert up.returncode == 0, up.stderr
     assert up.stdout.strip() == f"1 Ray nodes up at {ray_address}"
-    short = subprocess.run([*command, "--nodes", "2", "--timeout", "3"], capture_output=True, text=True)
+    short = subprocess.run(
+        [*command, "--nodes", "2", "--timeout", "3"], capture_output=True, text=True
+    )
     assert short.returncode == 1
-    assert short.stderr.strip().splitlines()[-1] == "wait_for_nodes: 1 of 2 Ray nodes joined within 3 s"
+    assert (
+        short.stderr.strip().splitlines()[-1]
+        == "wait_for_nodes: 1 of 2 Ray nodes joined within 3 s"
+    )

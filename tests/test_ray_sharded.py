@@ -9,14 +9,14 @@ Two actors on a local Ray (``ray.init(num_cpus=2)``) that this module starts and
 
 from __future__ import annotations
 
+import _test_methods
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
+from _problems import tiny_batches, tiny_model, tiny_taskset
 from mlflow.tracking import MlflowClient
-from torch import nn
-
 from mtlbench.datasets._models import multi_lenet
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.config import parse_suite
@@ -25,9 +25,7 @@ from mtlbench.harness.model import MultiTaskModel, SeparateHeads
 from mtlbench.harness.runner import run_suite
 from mtlbench.harness.tasks import TaskSet, TaskSpec
 from mtlbench.methods.min_norm import min_norm_weights
-
-import _test_methods
-from _problems import tiny_batches, tiny_model, tiny_taskset
+from torch import nn
 
 STEPS = 4
 
@@ -41,11 +39,15 @@ def local_ray():
 
 def lenet_problem(batch_size: int = 16, count: int = STEPS):
     """LeNet (with Dropout2d: replicas must replay the driver's RNG) on random 20×20 inputs, T = 2."""
-    taskset = TaskSet([TaskSpec("left", "classification", 10), TaskSpec("right", "classification", 10)])
+    taskset = TaskSet(
+        [TaskSpec("left", "classification", 10), TaskSpec("right", "classification", 10)]
+    )
     generator = torch.Generator().manual_seed(3)
     batches = [
-        (torch.rand(batch_size, 1, 20, 20, generator=generator),
-         torch.randint(0, 10, (batch_size, 2), generator=generator).float())
+        (
+            torch.rand(batch_size, 1, 20, 20, generator=generator),
+            torch.randint(0, 10, (batch_size, 2), generator=generator).float(),
+        )
         for _ in range(count)
     ]
 
@@ -61,13 +63,18 @@ def dropout_heads_problem(count: int = STEPS):
     taskset = TaskSet([TaskSpec(f"t{t}", "classification", 2) for t in range(3)])
     generator = torch.Generator().manual_seed(5)
     batches = [
-        (torch.randn(16, 8, generator=generator), torch.randint(0, 2, (16, 3), generator=generator).float())
+        (
+            torch.randn(16, 8, generator=generator),
+            torch.randint(0, 2, (16, 3), generator=generator).float(),
+        )
         for _ in range(count)
     ]
 
     def build():
         torch.manual_seed(4)
-        encoder = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Dropout(0.3), nn.Linear(12, 6), nn.ReLU())
+        encoder = nn.Sequential(
+            nn.Linear(8, 12), nn.ReLU(), nn.Dropout(0.3), nn.Linear(12, 6), nn.ReLU()
+        )
         heads = SeparateHeads([nn.Sequential(nn.Dropout(0.5), nn.Linear(6, 2)) for _ in range(3)])
         return MultiTaskModel(encoder, heads, 3)
 
@@ -132,7 +139,11 @@ def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes() -
     # pass (forward + backward) per actor (LeNet's heads have ``forward_per_task``); T heads-input
     # backwards on the driver for the representation gradients this test asks for (the actors'
     # ones stay on the actors). The rest as loop charges it.
-    passes = {"encoder_forward": 1 + actors, "heads_forward": 1 + actors, "heads_backward_input": actors + tasks}
+    passes = {
+        "encoder_forward": 1 + actors,
+        "heads_forward": 1 + actors,
+        "heads_backward_input": actors + tasks,
+    }
     assert_charged_passes(engine, loop, passes, steps, size)
     assert engine.budget.passes_by_kind["encoder_backward"] == tasks * steps  # T per step, as loop
 
@@ -141,7 +152,9 @@ def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes() -
     bounds = engine.column_bounds
     per_step = engine.stats.bytes_per_step()
     # actor k (task k) sends its row restricted to the other actor's columns: (K-1)/K · T · P · 4
-    assert per_step["reshard"] == 4 * ((bounds[2] - bounds[1]) + (bounds[1] - bounds[0])) == 4 * shared
+    assert (
+        per_step["reshard"] == 4 * ((bounds[2] - bounds[1]) + (bounds[1] - bounds[0])) == 4 * shared
+    )
     assert per_step["gram_blocks"] == actors * tasks * tasks * 4
     assert per_step["weights"] == actors * tasks * 4
     assert per_step["direction"] == 4 * shared  # Σ aₜgₜ, one slice from each actor
@@ -183,7 +196,11 @@ def test_equal_to_loop_engine_mlp_uneven_shards_gather_and_sharded_representatio
     # per step: K replayed encoder forwards; per-task heads, so one heads pass per actor for the
     # Jacobian and one for the z-gradients (loop: T heads-input backwards, reused for both)
     actors, steps, size = 2, len(batches), 32
-    passes = {"encoder_forward": 1 + actors, "heads_forward": 1 + 2 * actors, "heads_backward_input": 2 * actors}
+    passes = {
+        "encoder_forward": 1 + actors,
+        "heads_forward": 1 + 2 * actors,
+        "heads_backward_input": 2 * actors,
+    }
     assert_charged_passes(engine, reference[4], passes, steps, size)
     engine.close()
 
@@ -202,7 +219,11 @@ def test_dropout_heads_fall_back_to_batched_heads_vjps_restricted_to_each_actors
         assert torch.allclose(p_ref, p_sharded, atol=1e-5, rtol=1e-5)
     actors, tasks, steps, size = 2, 3, len(batches), 16
     # Jacobian: K replayed heads forwards, T heads VJPs; z-gradients: the same again
-    passes = {"encoder_forward": 1 + actors, "heads_forward": 1 + 2 * actors, "heads_backward_input": 2 * tasks}
+    passes = {
+        "encoder_forward": 1 + actors,
+        "heads_forward": 1 + 2 * actors,
+        "heads_backward_input": 2 * tasks,
+    }
     assert_charged_passes(engine, reference[4], passes, steps, size)
     engine.close()
 
@@ -217,9 +238,19 @@ def test_actor_killed_mid_run_completes_and_is_recorded_once(tmp_path) -> None:
         suite = parse_suite(
             {
                 "name": "actor-kill",
-                "datasets": [{"name": "multidigits", "params": {"train_pairs": 256, "val_pairs": 64, "test_pairs": 64}}],
+                "datasets": [
+                    {
+                        "name": "multidigits",
+                        "params": {"train_pairs": 256, "val_pairs": 64, "test_pairs": 64},
+                    }
+                ],
                 "methods": [
-                    {**gram_method, **sharded, "label": "killed", "params": {"kill_actor_at_step": 3}},
+                    {
+                        **gram_method,
+                        **sharded,
+                        "label": "killed",
+                        "params": {"kill_actor_at_step": 3},
+                    },
                     {**gram_method, "engine": "loop", "label": "reference"},
                     {"name": "ew", **sharded, "label": "ew-sharded"},
                     {"name": "ew", "engine": "loop", "label": "ew-loop"},
@@ -232,11 +263,15 @@ def test_actor_killed_mid_run_completes_and_is_recorded_once(tmp_path) -> None:
     finally:
         _test_methods.unregister()
     results = {r.spec.method_label: r for r in summary.recorded}
-    assert {r.status for r in results.values()} == {"completed"}, [r.error for r in results.values()]
+    assert {r.status for r in results.values()} == {"completed"}, [
+        r.error for r in results.values()
+    ]
     killed, reference = results["killed"], results["reference"]
     assert killed.steps == reference.steps == 6
     assert killed.history[-1]["actor_restarts"] >= 1
-    assert np.allclose(killed.solutions[0].test_losses, reference.solutions[0].test_losses, atol=1e-5)
+    assert np.allclose(
+        killed.solutions[0].test_losses, reference.solutions[0].test_losses, atol=1e-5
+    )
     for row_killed, row_reference in zip(killed.history, reference.history, strict=True):
         for key in ("task_losses/left", "task_losses/right"):
             assert row_killed[key] == pytest.approx(row_reference[key], abs=1e-5)
@@ -245,10 +280,19 @@ def test_actor_killed_mid_run_completes_and_is_recorded_once(tmp_path) -> None:
     assert ew_sharded.budget == ew_loop.budget  # EW needs no per-task gradient: no actor, no charge
 
     rows = pq.read_table(tmp_path / "runs").to_pylist()
-    assert sorted(r["method_label"] for r in rows) == ["ew-loop", "ew-sharded", "killed", "reference"]
+    assert sorted(r["method_label"] for r in rows) == [
+        "ew-loop",
+        "ew-sharded",
+        "killed",
+        "reference",
+    ]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("actor-kill")
-    children = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("mtlbench.kind") == "run"]
+    children = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("mtlbench.kind") == "run"
+    ]
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
 
 

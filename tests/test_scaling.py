@@ -12,12 +12,11 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
-from typer.testing import CliRunner
-
 from mtlbench.datasets.synthetic import shared_parameter_count, width_for_shared_parameters
 from mtlbench.harness.cli import app
 from mtlbench.harness.config import ConfigError
 from mtlbench.harness.scaling import PeakMemory, fit_power_law, parse_study, study_points
+from typer.testing import CliRunner
 
 STUDY = {
     "name": "tiny-scaling",

@@ -3,16 +3,20 @@
 import numpy as np
 import pytest
 import torch
-from qpsolvers import solve_qp
-
 from mtlbench.methods.simplex_projection import project_simplex
+from qpsolvers import solve_qp
 
 
 def qp_projection(values: np.ndarray) -> np.ndarray:
     """argmin ||w - v||^2 s.t. w >= 0, sum w = 1, by quadprog (an independent solver)."""
     size = len(values)
     return solve_qp(
-        np.eye(size), -values, -np.eye(size), np.zeros(size), np.ones((1, size)), np.ones(1),
+        np.eye(size),
+        -values,
+        -np.eye(size),
+        np.zeros(size),
+        np.ones((1, size)),
+        np.ones(1),
         solver="quadprog",
     )
 
