@@ -117,6 +117,9 @@ def deepspeed_config(
             "stage": options.zero_stage,
             "reduce_bucket_size": bucket,
             "allgather_bucket_size": bucket,
+            # ZeRO-3 would otherwise replace torch.nn.functional.linear process-wide (and leave it
+            # so): later runs in the same process then lose forward-mode AD (jvp-based HVPs)
+            "memory_efficient_linear": False,
         },
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": options.precision == "bf16"},
@@ -226,9 +229,14 @@ class DeepSpeedEngine(BatchedEngine):
             _mark_parameter_list_owners(self.model)
         num_parameters = sum(p.numel() for p in self.model.parameters())
         config = deepspeed_config(self.options, self.micro_batch_size, num_parameters)
+        linear = torch.nn.functional.linear
         self.deepspeed_engine, _, _, _ = deepspeed.initialize(
             model=self.model, optimizer=optimizer, config=config
         )
+        if not config["zero_optimization"]["memory_efficient_linear"]:
+            torch.nn.functional.linear = (
+                linear  # whatever DeepSpeed patched, other runs see torch's
+            )
         if self.options.precision == "bf16":
             self._install_precision_casts()
         return DeepSpeedOptimizer(self.deepspeed_engine)

@@ -140,7 +140,11 @@ def test_updates_equal_pytorch(stage: int) -> None:
 
 
 def test_stage_3_weighted_backward_and_refusal() -> None:
+    """Also: building a ZeRO-3 engine leaves ``torch.nn.functional.linear`` as torch's (DeepSpeed
+    would patch it process-wide, breaking forward-mode AD in later runs of the same process)."""
+    linear = torch.nn.functional.linear
     engine, optimizer, reference, reference_optimizer, batches = _wrapped(3)
+    assert torch.nn.functional.linear is linear
     weights = torch.full((NUM_TASKS,), 1 / NUM_TASKS)
     for batch in batches[:2]:
         optimizer.zero_grad()
