@@ -6,7 +6,8 @@ blocks of (method's step time / EW's step time in the same block). FLOPs per ste
 tally) are printed beside it. Rows:
 - ``ew``: the harness's EW step (the baseline); ``ew_bare``: the same step in plain PyTorch
   (``loss.backward()``), to show the harness adds nothing;
-- ``mgda`` (batched Jacobian), ``mgda@loop`` (the same with T backward passes), ``mgda_ub``;
+- ``mgda`` (its default ``loop`` engine: T backward passes), ``mgda@batched`` (one vmapped
+  product), ``mgda_ub``;
   ``marigold`` and ``pml`` when registered; ``name@engine`` picks another engine;
 - ``torchjd_mgda``: TorchJD's ``mtl_backward`` + ``jac_to_grad`` with its ``MGDA`` aggregator,
   when torchjd is installed (the ``bench`` extra).
@@ -45,7 +46,7 @@ DEFAULT_METHODS = [
     "ew",
     "ew_bare",
     "mgda",
-    "mgda@loop",
+    "mgda@batched",
     "mgda_ub",
     "marigold",
     "pml",
