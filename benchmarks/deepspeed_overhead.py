@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 
 import torch
+from _timing import seconds_per_call
 from mtlbench.cluster.deepspeed_engine import prepare_environment
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.gradients import get_engine
@@ -22,10 +22,7 @@ from mtlbench.harness.registry import DATASETS, METHODS
 
 
 def _block(method, engine, batch, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        method.step(batch, engine)
-    return (time.perf_counter() - start) / steps
+    return seconds_per_call(lambda: method.step(batch, engine), steps)
 
 
 def main() -> None:

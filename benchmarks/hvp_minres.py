@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 
 import numpy as np
 import scipy.sparse.linalg
 import torch
+from _timing import median_seconds
+from mtlbench.datasets._models import MLPEncoder, ResNet18Encoder
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.costs import count_flops
 from mtlbench.harness.gradients import get_engine
@@ -41,7 +42,6 @@ from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.tasks import TaskSet, TaskSpec
 from mtlbench.methods._minres import minres
 from mtlbench.methods.pareto_expansion import precise_min_norm_weights
-from torch import nn
 
 INPUT_FEATURES = 64
 REPRESENTATION = 64
@@ -52,62 +52,14 @@ def mlp_model(target_parameters: float) -> MultiTaskModel:
     """MLP 64 -> w -> w -> 64 with w chosen so the encoder has about ``target_parameters``."""
     # w^2 + (64 + 64 + 2) w + 64 = target
     width = max(8, int((-130 + math.sqrt(130**2 + 4 * target_parameters)) / 2))
-    encoder = nn.Sequential(
-        nn.Linear(INPUT_FEATURES, width),
-        nn.ReLU(),
-        nn.Linear(width, width),
-        nn.ReLU(),
-        nn.Linear(width, REPRESENTATION),
-        nn.ReLU(),
-    )
+    encoder = MLPEncoder(INPUT_FEATURES, (width, width, REPRESENTATION))
     return MultiTaskModel(encoder, StackedMLPHeads(2, REPRESENTATION, CLASSES, hidden=None), 2)
-
-
-class _Block(nn.Module):
-    def __init__(self, fan_in: int, fan_out: int, stride: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(fan_in, fan_out, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(fan_out),
-            nn.ReLU(),
-            nn.Conv2d(fan_out, fan_out, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(fan_out),
-        )
-        self.skip = nn.Sequential()
-        if stride != 1 or fan_in != fan_out:
-            self.skip = nn.Sequential(
-                nn.Conv2d(fan_in, fan_out, 1, stride, bias=False), nn.BatchNorm2d(fan_out)
-            )
-
-    def forward(self, x):
-        return torch.relu(self.body(x) + self.skip(x))
 
 
 def resnet18_model() -> MultiTaskModel:
     """CIFAR-style ResNet-18 (3x3 stem, no max-pool), average-pooled 512-d output, 2 heads."""
-    layers: list[nn.Module] = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
-    fan_in = 64
-    for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-        layers += [_Block(fan_in, width, stride), _Block(width, width, 1)]
-        fan_in = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return MultiTaskModel(nn.Sequential(*layers), StackedMLPHeads(2, 512, 2, hidden=None), 2)
-
-
-def _median_seconds(fn, repeats: int, device: torch.device) -> float:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()  # warm-up
-    seconds = []
-    for _ in range(repeats):
-        sync()
-        started = time.perf_counter()
-        fn()
-        sync()
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds)
+    # side 32 gives a 1×1 pooling grid: global average pooling, 512 features at any input side
+    return MultiTaskModel(ResNet18Encoder(32), StackedMLPHeads(2, 512, 2, hidden=None), 2)
 
 
 def measure(model: MultiTaskModel, batch, args, device: torch.device) -> dict[str, object]:
@@ -123,7 +75,7 @@ def measure(model: MultiTaskModel, batch, args, device: torch.device) -> dict[st
         torch.autograd.grad((weights * losses).sum(), params)
 
     row: dict[str, object] = {"parameters": count}
-    grad_seconds = _median_seconds(gradient, args.repeats, device)
+    grad_seconds = median_seconds(gradient, args.repeats, device)
     grad_flops = count_flops(gradient)
     row["grad_ms"] = 1e3 * grad_seconds
     vector = torch.randn(count, device=device)
@@ -134,7 +86,7 @@ def measure(model: MultiTaskModel, batch, args, device: torch.device) -> dict[st
         def product(apply=apply) -> None:
             apply(vector)
 
-        product_seconds[variant] = _median_seconds(product, args.repeats, device)
+        product_seconds[variant] = median_seconds(product, args.repeats, device)
         row[f"{variant}_time_ratio"] = product_seconds[variant] / grad_seconds
         row[f"{variant}_flop_ratio"] = count_flops(product) / grad_flops
         del apply, product
@@ -158,7 +110,7 @@ def measure(model: MultiTaskModel, batch, args, device: torch.device) -> dict[st
         )
         reports.append(result)
 
-    solve_seconds = _median_seconds(tangent_solve, args.repeats, device)
+    solve_seconds = median_seconds(tangent_solve, args.repeats, device)
     last = reports[-1]
     row.update(
         solve_ms=1e3 * solve_seconds,
@@ -205,7 +157,7 @@ def _scipy_ratio(model, taskset, batch, weights, variant, args, device) -> float
             check_every=args.check_every,
         )
 
-    return _median_seconds(with_scipy, args.repeats, device) / _median_seconds(
+    return median_seconds(with_scipy, args.repeats, device) / median_seconds(
         with_torch, args.repeats, device
     )
 

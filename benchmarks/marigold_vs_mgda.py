@@ -135,12 +135,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from _timing import seconds_per_call
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.data import training_batches
 from mtlbench.harness.gradients import get_engine
@@ -309,10 +309,7 @@ def time_steps(
 
     def block(label: str) -> float:
         method, engine = steppers[label]
-        start = time.perf_counter()
-        for _ in range(args.timing_steps):
-            method.step(batch, engine)
-        return (time.perf_counter() - start) / args.timing_steps
+        return seconds_per_call(lambda: method.step(batch, engine), args.timing_steps)
 
     for label in steppers:  # warm-up
         block(label)

@@ -92,7 +92,6 @@ import argparse
 import copy
 import os
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -100,12 +99,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before Ray starts (token-a
 
 import ray
 import torch
+from _timing import seconds_per_call
+from mtlbench.datasets._models import MLPEncoder
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.gradients import Batch, GradientEngine, get_engine
 from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.tasks import TaskSet, TaskSpec
 from mtlbench.methods.min_norm import min_norm_weights
-from torch import Tensor, nn
+from torch import Tensor
 
 RAY_CPUS = 2
 # Every ray_sharded engine keeps its actors for the whole run, so that the K = 1 and K = 2 engines
@@ -124,14 +125,7 @@ Step = Callable[[], None]
 def build_model(inputs: int, hidden: int, width: int, tasks: int, seed: int = 0) -> MultiTaskModel:
     """MLP encoder inputs → hidden → hidden → width (ReLU), T binary heads Linear(width, 2)."""
     torch.manual_seed(seed)
-    encoder = nn.Sequential(
-        nn.Linear(inputs, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, width),
-        nn.ReLU(),
-    )
+    encoder = MLPEncoder(inputs, (hidden, hidden, width))
     return MultiTaskModel(encoder, StackedMLPHeads(tasks, width, 2, hidden=None), tasks)
 
 
@@ -200,10 +194,7 @@ def time_block(config: Config, steps: int) -> float:
     a while after each parallel region and would steal cycles from the two actor processes.
     """
     torch.set_num_threads(config.driver_threads)
-    start = time.perf_counter()
-    for _ in range(steps):
-        config.step()
-    seconds = (time.perf_counter() - start) / steps
+    seconds = seconds_per_call(config.step, steps)
     torch.set_num_threads(1)
     return seconds
 

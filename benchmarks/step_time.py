@@ -25,22 +25,17 @@ import argparse
 import copy
 import math
 import statistics
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from mtlbench.datasets._models import LeNetEncoder
+from _timing import seconds_per_call
+from mtlbench.datasets._models import LeNetEncoder, ResNet18Encoder
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.gradients import get_engine
 from mtlbench.harness.method import TrainingConfig
 from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.registry import METHODS
 from mtlbench.harness.tasks import TaskSet, TaskSpec
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _models import resnet18_encoder
 
 DEFAULT_METHODS = [
     "ew",
@@ -56,7 +51,7 @@ Step = Callable[[], None]
 
 
 def build_model(kind: str, side: int, tasks: int) -> MultiTaskModel:
-    encoder = LeNetEncoder(side) if kind == "lenet" else resnet18_encoder(side)
+    encoder = LeNetEncoder(side) if kind == "lenet" else ResNet18Encoder(side)
     channels = 1 if kind == "lenet" else 3
     with torch.no_grad():
         width = encoder(torch.zeros(2, channels, side, side)).shape[1]
@@ -116,17 +111,6 @@ def torchjd_step(model, taskset, batch, training) -> Step | None:
     return step
 
 
-def time_block(step: Step, steps: int, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / steps
-
-
 def run_tasks(args, tasks: int, device: torch.device) -> list[tuple[str, float, float, float]]:
     torch.manual_seed(0)
     channels = 1 if args.model == "lenet" else 3
@@ -167,7 +151,9 @@ def run_tasks(args, tasks: int, device: torch.device) -> list[tuple[str, float, 
     times: dict[str, list[float]] = {name: [] for name in steps}
     ratios: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.blocks):
-        block = {name: time_block(step, args.steps, device) for name, (step, _) in steps.items()}
+        block = {
+            name: seconds_per_call(step, args.steps, device) for name, (step, _) in steps.items()
+        }
         for name, seconds in block.items():
             times[name].append(seconds)
             ratios[name].append(seconds / block["ew"])

@@ -52,7 +52,13 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from mtlbench.harness.budget import Budget
-from mtlbench.harness.gradients import Batch, BatchedEngine, StepState, register_engine
+from mtlbench.harness.gradients import (
+    Batch,
+    BatchedEngine,
+    StepState,
+    flatten_gradients,
+    register_engine,
+)
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -357,15 +363,7 @@ class DeepSpeedEngine(BatchedEngine):
         grads = torch.autograd.grad(
             (head_weights * state.task_losses).sum(), heads, retain_graph=True, allow_unused=True
         )
-        return _linear_term(
-            heads,
-            torch.cat(
-                [
-                    (g if g is not None else torch.zeros_like(p)).reshape(-1)
-                    for g, p in zip(grads, heads)
-                ]
-            ),
-        )
+        return _linear_term(heads, flatten_gradients(grads, heads))
 
     def _shared_jacobian(self, state: StepState, z_grads: Tensor) -> Tensor:
         jacobian = super()._shared_jacobian(state, z_grads)

@@ -630,13 +630,16 @@ class RayShardedEngine(GradientEngine):
             ("encoder_backward", self.num_tasks),
         ]
 
-    def _row_call_args(self, state: StepState, rank: int) -> tuple:
+    def _row_call_args(self, state: StepState) -> tuple:
+        """The arguments of every actor's rows call (parameters and step put at most once),
+        with the bytes each actor reads counted."""
         replay: _Replay = state.replay
         version_id, holder = self._parameters_ref(replay)
         step_ref, batch_bytes, rng_bytes = self._step_ref(state, replay)
-        self._ship_parameters(version_id, rank)
-        self.stats.add("batch", batch_bytes)
-        self.stats.add("rng", rng_bytes)
+        for rank in range(len(self.pool.actors)):
+            self._ship_parameters(version_id, rank)
+            self.stats.add("batch", batch_bytes)
+            self.stats.add("rng", rng_bytes)
         return version_id, holder, step_ref, replay.training
 
     def shared_jacobian(self, state: StepState) -> Tensor:
@@ -652,10 +655,8 @@ class RayShardedEngine(GradientEngine):
         return state.shared_jacobian
 
     def _gather_rows(self, state: StepState) -> Tensor:
-        refs = [
-            actor.jacobian_rows.remote(*self._row_call_args(state, rank))
-            for rank, actor in enumerate(self.pool.actors)
-        ]
+        args = self._row_call_args(state)
+        refs = [actor.jacobian_rows.remote(*args) for actor in self.pool.actors]
         rows = ray.get(refs)
         self.stats.add("jacobian_rows", _nbytes(rows))
         return torch.cat([_as_tensor(r, self.device) for r in rows])
@@ -698,11 +699,10 @@ class RayShardedEngine(GradientEngine):
         token = state.replay.token
         actors = self.pool.actors
         num_actors = len(actors)
+        args = self._row_call_args(state)
         blocks = []
-        for rank, actor in enumerate(actors):
-            refs = actor.jacobian_blocks.options(num_returns=num_actors).remote(
-                token, *self._row_call_args(state, rank)
-            )
+        for actor in actors:
+            refs = actor.jacobian_blocks.options(num_returns=num_actors).remote(token, *args)
             blocks.append(refs if num_actors > 1 else [refs])
         counts = [len(shard) for shard in self.task_shards]
         widths = np.diff(self.column_bounds)

@@ -155,5 +155,5 @@ def carve_validation(count: int, val_fraction: float, seed: int) -> tuple[np.nda
     """Split indices 0..count-1 into (train, val): a fixed permutation from ``seed``; the first
     ``round(val_fraction * count)`` indices of it are validation. Both returned sorted."""
     order = np.random.default_rng(seed).permutation(count)
-    val_count = int(round(val_fraction * count))
+    val_count = round(val_fraction * count)
     return np.sort(order[val_count:]), np.sort(order[:val_count])

@@ -190,12 +190,12 @@ class TwoItemOverlay(MultiTaskDataset):
 
     def load(self) -> Splits:
         arrays = self.canvases()
-        train = arrays["train_inputs"].astype(np.float32) / 255.0
-        mean, std = float(train.mean()), float(train.std()) or 1.0
+        scaled = {name: arrays[f"{name}_inputs"].astype(np.float32) / 255.0 for name in SPLIT_IDS}
+        mean, std = float(scaled["train"].mean()), float(scaled["train"].std()) or 1.0
 
         def split(name: str) -> TensorDataset:
-            inputs = (arrays[f"{name}_inputs"].astype(np.float32) / 255.0 - mean) / std
+            inputs = (scaled[name] - mean) / std
             targets = arrays[f"{name}_targets"].astype(np.float32)
             return TensorDataset(torch.from_numpy(inputs[:, None]), torch.from_numpy(targets))
 
-        return Splits(train=split("train"), val=split("val"), test=split("test"))
+        return Splits(**{name: split(name) for name in SPLIT_IDS})

@@ -159,41 +159,41 @@ KDD = Schema(
         "never_married": ("marital_status",),
         "income": (),
     },
-    distinct=dict(
-        class_of_worker=9,
-        industry_code=52,
-        occupation_code=47,
-        education=17,
-        enrolled_in_education=3,
-        marital_status=7,
-        major_industry=24,
-        major_occupation=15,
-        race=5,
-        hispanic_origin=10,
-        sex=2,
-        union_member=3,
-        unemployment_reason=6,
-        employment_status=8,
-        tax_filer_status=6,
-        previous_region=6,
-        previous_state=51,
-        household_family_status=38,
-        household_summary=8,
-        migration_msa=10,
-        migration_region=9,
-        migration_within_region=10,
-        same_house_last_year=3,
-        migration_sunbelt=4,
-        family_members_under_18=5,
-        father_birth_country=43,
-        mother_birth_country=43,
-        birth_country=43,
-        citizenship=5,
-        own_business=3,
-        veterans_questionnaire=3,
-        veterans_benefits=3,
-        year=2,
-    ),
+    distinct={
+        "class_of_worker": 9,
+        "industry_code": 52,
+        "occupation_code": 47,
+        "education": 17,
+        "enrolled_in_education": 3,
+        "marital_status": 7,
+        "major_industry": 24,
+        "major_occupation": 15,
+        "race": 5,
+        "hispanic_origin": 10,
+        "sex": 2,
+        "union_member": 3,
+        "unemployment_reason": 6,
+        "employment_status": 8,
+        "tax_filer_status": 6,
+        "previous_region": 6,
+        "previous_state": 51,
+        "household_family_status": 38,
+        "household_summary": 8,
+        "migration_msa": 10,
+        "migration_region": 9,
+        "migration_within_region": 10,
+        "same_house_last_year": 3,
+        "migration_sunbelt": 4,
+        "family_members_under_18": 5,
+        "father_birth_country": 43,
+        "mother_birth_country": 43,
+        "birth_country": 43,
+        "citizenship": 5,
+        "own_business": 3,
+        "veterans_questionnaire": 3,
+        "veterans_benefits": 3,
+        "year": 2,
+    },
 )
 
 ADULT = Schema(
@@ -225,16 +225,16 @@ ADULT = Schema(
         "never_married": ("marital_status",),
         "income": (),
     },
-    distinct=dict(
-        workclass=9,
-        education=16,
-        marital_status=7,
-        occupation=15,
-        relationship=6,
-        race=5,
-        sex=2,
-        native_country=42,
-    ),
+    distinct={
+        "workclass": 9,
+        "education": 16,
+        "marital_status": 7,
+        "occupation": 15,
+        "relationship": 6,
+        "race": 5,
+        "sex": 2,
+        "native_country": 42,
+    },
 )
 SCHEMAS = {"kdd": KDD, "adult": ADULT}
 
@@ -342,11 +342,12 @@ class Census(MultiTaskDataset):
             one_hot = np.zeros((len(split_rows), width - len(continuous)), dtype=np.float32)
             offset = 0
             for column in nominal:
-                codes = vocabulary[column]
-                for row_index, (_, row) in enumerate(split_rows):
-                    code = codes.get(row[position[column]])
-                    if code is not None:
-                        one_hot[row_index, offset + code] = 1.0
+                codes, field = vocabulary[column], position[column]
+                code = np.fromiter(
+                    (codes.get(row[field], -1) for _, row in split_rows), np.int64, len(split_rows)
+                )
+                seen = np.flatnonzero(code >= 0)
+                one_hot[seen, offset + code[seen]] = 1.0
                 offset += len(codes)
             targets = np.zeros((len(split_rows), len(params.tasks)), dtype=np.float32)
             for task_index, task in enumerate(params.tasks):
@@ -366,9 +367,9 @@ class Census(MultiTaskDataset):
 
         def tensors(split: str, index: np.ndarray | None) -> TensorDataset:
             numbers, one_hot, targets = encoded[split]
+            if index is not None:  # select the rows first: each row is standardised once
+                numbers, one_hot, targets = numbers[index], one_hot[index], targets[index]
             inputs = np.concatenate([(numbers - mean) / std, one_hot], axis=1).astype(np.float32)
-            if index is not None:
-                inputs, targets = inputs[index], targets[index]
             return TensorDataset(torch.from_numpy(inputs), torch.from_numpy(targets))
 
         return Splits(

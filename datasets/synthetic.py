@@ -19,12 +19,12 @@ import math
 
 import numpy as np
 import torch
+from mtlbench.datasets._models import MLPEncoder
 from mtlbench.harness.dataset import DatasetParams, MultiTaskDataset, Splits
 from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.registry import register_dataset
 from mtlbench.harness.tasks import TaskSet, TaskSpec
 from pydantic import Field
-from torch import nn
 from torch.utils.data import TensorDataset
 
 TEACHER_FEATURES = 64
@@ -63,15 +63,6 @@ def width_for_shared_parameters(target: float, input_features: int, depth: int) 
     return min(
         candidates, key=lambda w: abs(shared_parameter_count(input_features, w, depth) - target)
     )
-
-
-def mlp_encoder(input_features: int, width: int, depth: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    fan_in = input_features
-    for _ in range(depth):
-        layers += [nn.Linear(fan_in, width), nn.ReLU()]
-        fan_in = width
-    return nn.Sequential(*layers)
 
 
 @register_dataset("synthetic")
@@ -115,6 +106,6 @@ class Synthetic(MultiTaskDataset):
 
     def build_model(self) -> MultiTaskModel:
         params: SyntheticParams = self.params  # type: ignore[assignment]
-        encoder = mlp_encoder(params.input_features, params.width, params.depth)
+        encoder = MLPEncoder(params.input_features, (params.width,) * params.depth)
         heads = StackedMLPHeads(params.num_tasks, params.width, params.classes, hidden=None)
         return MultiTaskModel(encoder, heads, params.num_tasks)

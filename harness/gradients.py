@@ -406,7 +406,7 @@ class BatchedEngine(GradientEngine):
 
     def _shared_jacobian(self, state: StepState, z_grads: Tensor) -> Tensor:
         shared = self.shared_parameters
-        jacobian = z_grads.new_zeros(self.num_tasks, sum(p.numel() for p in shared))
+        jacobian = z_grads.new_zeros(self.num_tasks, self.num_shared)
         for start in range(0, self.num_tasks, self.chunk_size):
             rows = z_grads[start : start + self.chunk_size]
             grads = torch.autograd.grad(

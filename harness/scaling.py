@@ -59,20 +59,17 @@ from mtlbench.harness.config import (
     MethodEntry,
     OutputConfig,
     _first_error,
+    _Strict,
     read_yaml,
 )
 from mtlbench.harness.method import TrainingConfig
 from mtlbench.harness.registry import METHODS, UnknownName
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 AxisName = Literal["shared_parameters", "tasks", "workers"]
 AXES: tuple[str, ...] = ("shared_parameters", "tasks", "workers")
 DATASET = "synthetic"
 UNLIMITED_FLOPS = 1e30
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AxesConfig(_Strict):
@@ -249,6 +246,14 @@ def dataset_params(study: ScalingStudy, point: StudyPoint) -> dict[str, Any]:
         "width": point.width,
         "teacher_seed": study.seed,
     }
+
+
+def axis_x(row: dict[str, Any]) -> float:
+    """A row's x on its axis: the actual shared-parameter count on ``shared_parameters``
+    (not the target), else the axis value."""
+    return float(
+        row["shared_parameters"] if row["axis"] == "shared_parameters" else row["axis_value"]
+    )
 
 
 # ---- power laws ------------------------------------------------------------------------------
@@ -672,10 +677,7 @@ def slopes(rows: list[dict[str, Any]]) -> Iterator[tuple[str, str, str, PowerLaw
         if row["status"] == "ok":
             curves.setdefault((row["axis"], row["method_label"]), []).append(row)
     for (axis, label), points in sorted(curves.items()):
-        x = [
-            p["shared_parameters"] if axis == "shared_parameters" else p["axis_value"]
-            for p in points
-        ]
+        x = [axis_x(p) for p in points]
         for column in COST_COLUMNS:
             yield axis, label, column, fit_power_law(x, [p[column] for p in points])
 
@@ -692,17 +694,12 @@ def log_study(
     value, the fitted slopes, the study's settings as parameters and its table as an artifact."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
-    from mtlbench.harness.tracking import BATCH_LIMIT, default_tracking_uri
+    from mtlbench.harness.tracking import BATCH_LIMIT, default_tracking_uri, experiment_id_for
 
     client = MlflowClient(
         tracking_uri=tracking_uri or study.output.tracking_uri or default_tracking_uri(results_dir)
     )
-    experiment = client.get_experiment_by_name(study.name)
-    if experiment is None:
-        artifacts = (Path(results_dir) / "mlartifacts").resolve().as_uri()
-        experiment_id = client.create_experiment(study.name, artifact_location=artifacts)
-    else:
-        experiment_id = experiment.experiment_id
+    experiment_id = experiment_id_for(client, study.name, results_dir)
     run = client.create_run(
         experiment_id,
         run_name=f"scaling:{study.name}",
@@ -714,9 +711,7 @@ def log_study(
     for row in rows:
         if row["status"] != "ok":
             continue
-        step = int(
-            row["shared_parameters"] if row["axis"] == "shared_parameters" else row["axis_value"]
-        )
+        step = int(axis_x(row))
         for column in (*COST_COLUMNS, "hypervolume"):
             value = row.get(column)
             if value is not None and math.isfinite(value):

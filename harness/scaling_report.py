@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from mtlbench.harness.scaling import fit_power_law, read_table
+from mtlbench.harness.scaling import axis_x, fit_power_law, read_table
 
 Row = dict[str, Any]
 AXIS_TITLES = {"shared_parameters": "shared parameters", "tasks": "tasks T", "workers": "workers K"}
@@ -37,12 +37,6 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
-def _x(row: Row) -> float:
-    return float(
-        row["shared_parameters"] if row["axis"] == "shared_parameters" else row["axis_value"]
-    )
-
-
 def _plot(study: str, axis: str, curves: dict[str, list[Row]], path: Path) -> None:
     import matplotlib
 
@@ -54,7 +48,7 @@ def _plot(study: str, axis: str, curves: dict[str, list[Row]], path: Path) -> No
     grid[-1].axis("off")
     for panel, (column, title, log_y) in zip(grid, PANELS):
         for index, (label, rows) in enumerate(sorted(curves.items())):
-            points = sorted((_x(r), r.get(column)) for r in rows)
+            points = sorted((axis_x(r), r.get(column)) for r in rows)
             points = [
                 (x, y)
                 for x, y in points
@@ -87,8 +81,8 @@ def _slope_table(curves: dict[str, list[Row]]) -> tuple[list[str], list[list[str
     ]
     table = []
     for label, rows in sorted(curves.items()):
-        rows = sorted(rows, key=_x)
-        xs = [_x(r) for r in rows]
+        rows = sorted(rows, key=axis_x)
+        xs = [axis_x(r) for r in rows]
         fits = [fit_power_law(xs, [r[c] for r in rows]) for c in SLOPE_COLUMNS]
         first, last = rows[0], rows[-1]
         table.append(

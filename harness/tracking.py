@@ -31,6 +31,16 @@ def default_tracking_uri(results_dir: Path) -> str:
     return f"sqlite:///{(Path(results_dir) / 'mlflow.db').resolve()}"
 
 
+def experiment_id_for(client: MlflowClient, name: str, results_dir: Path) -> str:
+    """The id of the MLflow experiment ``name``, created (artifacts under
+    ``<results_dir>/mlartifacts``) if it does not exist yet."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = (Path(results_dir) / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=artifacts)
+
+
 class Tracker:
     """Writes a suite's runs into one MLflow experiment named after the suite."""
 
@@ -40,14 +50,7 @@ class Tracker:
         self.tracking_uri = tracking_uri or default_tracking_uri(results_dir)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.suite_name = suite_name
-        experiment = self.client.get_experiment_by_name(suite_name)
-        if experiment is None:
-            artifacts = (Path(results_dir) / "mlartifacts").resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(
-                suite_name, artifact_location=artifacts
-            )
-        else:
-            self.experiment_id = experiment.experiment_id
+        self.experiment_id = experiment_id_for(self.client, suite_name, results_dir)
         self.parent_run_id = self._suite_run()
 
     def _suite_run(self) -> str:

@@ -92,7 +92,7 @@ class LocalFront:
         between neighbouring rays at consecutive depths (where both rays reach)."""
         result: list[tuple[int, ...]] = []
         for ray in self.rays:
-            result += [(a, b) for a, b in zip(ray[:-1], ray[1:])]
+            result += [(a, b) for a, b in itertools.pairwise(ray)]
         if self.cyclic and len(self.rays) >= 3:
             for index, ray in enumerate(self.rays):
                 other = self.rays[(index + 1) % len(self.rays)]

@@ -202,11 +202,11 @@ class UpperLevel:
         slope d = u . grad F(w) and curvature c = u^T M u (float64 scalars), and g(u) (P,), the
         change of g per unit step along u. ``forward`` gives (d, None, None).
         """
-        objective = squared_norm(gradient)
         if estimator == "exact_directional":
             gradient_along = self.gradient(direction)
             slope = 2 * (gradient.double() @ gradient_along.double())
             return slope, squared_norm(gradient_along), gradient_along
+        objective = squared_norm(gradient)  # F(w): only the finite differences need it
         if estimator == "central":
             gradient_ahead = self.gradient(weights + smoothing_radius * direction)
             gradient_behind = self.gradient(weights - smoothing_radius * direction)
@@ -287,7 +287,6 @@ class Marigold(Method):
         super().__init__(params, model, taskset, training)
         num_tasks = len(taskset)
         self.weights = torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
-        self.applied = self.weights
         self.last_objective = torch.zeros(())
         self.steps_taken = 0
         # Directions come from the method's own generator, seeded from the run's global seed.
@@ -307,12 +306,13 @@ class Marigold(Method):
                 f"num_directions must be <= T - 1 = {len(taskset) - 1} for orthogonal directions"
             )
 
-    def update_task_weights(self, state: StepState, engine: GradientEngine) -> Tensor:
-        """One update of ``self.weights`` on this step's batch; returns the lower-level gradient.
+    def update_task_weights(
+        self, state: StepState, engine: GradientEngine
+    ) -> tuple[Tensor, Tensor]:
+        """One update of ``self.weights`` on this step's batch.
 
-        The returned (P,) vector is g at the weights the lower level should use now (the new
-        weights under ``line_search``, the previous ones under ``fixed``); ``self.applied``
-        holds those weights (T,).
+        Returns (g, a): the weights a (T,) the lower level should use now (the new weights under
+        ``line_search``, the previous ones under ``fixed``) and g = g(a) (P,).
         """
         params: MarigoldParams = self.params  # type: ignore[assignment]
         weights = self.weights.to(state.task_losses.device)
@@ -329,9 +329,8 @@ class Marigold(Method):
             else:
                 weights = projected_estimate_step(upper, weights, gradient, directions, params)
         self.weights = weights
-        self.applied = applied
         self.last_objective = squared_norm(gradient).float()
-        return gradient
+        return gradient, applied
 
     def step(self, batch: Batch, engine: GradientEngine) -> StepLog:
         params: MarigoldParams = self.params  # type: ignore[assignment]
@@ -340,8 +339,8 @@ class Marigold(Method):
         dtype = state.task_losses.dtype
         ones = params.head_weighting == "ones"
         if self.steps_taken % params.update_every == 0:
-            gradient = self.update_task_weights(state, engine)
-            weights = self.applied.to(dtype)
+            gradient, applied = self.update_task_weights(state, engine)
+            weights = applied.to(dtype)
             head_weights = torch.ones_like(weights) if ones else weights
             engine.apply_shared_direction(state, gradient, head_weights)
         else:

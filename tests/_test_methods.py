@@ -25,8 +25,9 @@ class FailAtParams(MethodParams):
     at_step: int = Field(3, ge=1)
 
 
-class _FailingBase(EqualWeighting):
-    Params = FailAtParams  # type: ignore[assignment]
+class _TestEW(EqualWeighting):
+    """EW with fixed weights 1/T and its own params (no EW parameter checks)."""
+
     produces_weights = False
 
     def __init__(self, params, model, taskset, training):
@@ -37,6 +38,10 @@ class _FailingBase(EqualWeighting):
     @classmethod
     def check(cls, params, taskset) -> None:
         return None
+
+
+class _FailingBase(_TestEW):
+    Params = FailAtParams  # type: ignore[assignment]
 
     def misbehave(self) -> None:
         raise NotImplementedError
@@ -75,19 +80,10 @@ class SlowParams(MethodParams):
     seconds_per_step: float = Field(0.25, ge=0)
 
 
-class SlowMethod(EqualWeighting):
+class SlowMethod(_TestEW):
     """EW that sleeps ``seconds_per_step`` each step (no extra compute)."""
 
     Params = SlowParams  # type: ignore[assignment]
-    produces_weights = False
-
-    def __init__(self, params, model, taskset, training):
-        Method.__init__(self, params, model, taskset, training)
-        self.weights = torch.full((len(taskset),), 1.0 / len(taskset))
-
-    @classmethod
-    def check(cls, params, taskset) -> None:
-        return None
 
     def step(self, batch, engine):
         time.sleep(self.params.seconds_per_step)
@@ -138,8 +134,8 @@ TEST_METHODS = {
 
 
 def register() -> None:
+    METHODS._load()
     for name, cls in TEST_METHODS.items():
-        METHODS._load()
         METHODS.register(name)(cls)
 
 

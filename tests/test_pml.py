@@ -237,7 +237,7 @@ def direct_objective(
     "inner, ordering", [("ls", "paper"), ("gradnorm", "paper"), ("ls", "reference")]
 )
 def test_engine_gradient_equals_direct_autograd(inner: str, ordering: str) -> None:
-    params = dict(window=4, regularization=0.05, inner=inner, ordering=ordering)
+    params = {"window": 4, "regularization": 0.05, "inner": inner, "ordering": ordering}
     method, taskset = make_pml(params)
     batch = tiny_batches(NUM_TASKS, count=1)[0]
     engine = GradientEngine(method.model, taskset, Budget("flops", 1e30), batch)
@@ -270,7 +270,7 @@ def test_ordering_penalty_sign() -> None:
 
 
 def test_one_step_charges_window_passes() -> None:
-    method, taskset = make_pml(dict(window=4))
+    method, taskset = make_pml({"window": 4})
     batch = tiny_batches(NUM_TASKS, count=1)[0]
     budget = Budget("flops", 1e30)
     engine = GradientEngine(method.model, taskset, budget, batch)
@@ -283,7 +283,7 @@ def test_one_step_charges_window_passes() -> None:
 
 
 def test_presets_and_overrides() -> None:
-    method, _ = make_pml(dict(preset="utkface", window=5))
+    method, _ = make_pml({"preset": "utkface", "window": 5})
     settings = method.settings
     assert (settings.window, settings.regularization, settings.concentration, settings.inner) == (
         5,
@@ -299,7 +299,7 @@ def test_presets_and_overrides() -> None:
         default.settings.concentration,
     ) == (4, 0.0, 1.0)
     assert default.optimizer.param_groups[0]["lr"] == 0.02  # no preset: the suite's lr
-    assert make_pml(dict(preset="multidigits"))[0].settings.window == 4
+    assert make_pml({"preset": "multidigits"})[0].settings.window == 4
     with pytest.raises(ValueError, match="unknown preset"):
         PMLParams(preset="imagenet")
 
@@ -320,7 +320,7 @@ def test_evaluation_grid(num_tasks: int, count: int) -> None:
 def test_solutions_carry_alpha_and_recalibrated_statistics() -> None:
     taskset = TaskSet([TaskSpec(f"t{t}", "classification", CLASSES) for t in range(NUM_TASKS)])
     method, _ = make_pml(
-        dict(window=2, bn_recalibration_batches=2, grid_divisions=4),
+        {"window": 2, "bn_recalibration_batches": 2, "grid_divisions": 4},
         conv_bn_model("stacked"),
         taskset,
     )
@@ -398,7 +398,7 @@ def test_front_on_two_quadratics_is_non_dominated_and_spread() -> None:
     taskset = TaskSet([TaskSpec(f"f{t}", "regression", 1, regression_loss="mse") for t in (1, 2)])
     torch.manual_seed(0)
     model = MultiTaskModel(nn.Linear(features, 1, bias=False), TaskBiases(2), 2)
-    method, _ = make_pml(dict(window=4, concentration=1.0), model, taskset, lr=0.05)
+    method, _ = make_pml({"window": 4, "concentration": 1.0}, model, taskset, lr=0.05)
     batch = (inputs, targets)
     engine = GradientEngine(method.model, taskset, Budget("flops", 1e30), batch)
     for _ in range(250):

@@ -193,6 +193,9 @@ def test_equal_to_loop_engine_mlp_uneven_shards_gather_and_sharded_representatio
     per_step = engine.stats.bytes_per_step()
     assert per_step["jacobian_rows"] == 5 * engine.num_shared * 4 and "reshard" not in per_step
     assert per_step["representation_rows"] == sharded[2][0].numel() * 4  # T · B · D floats
+    # parameters put once per step and read once per actor, though two requests reached them
+    everything = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert per_step["parameters"] == 2 * everything
     # per step: K replayed encoder forwards; per-task heads, so one heads pass per actor for the
     # Jacobian and one for the z-gradients (loop: T heads-input backwards, reused for both)
     actors, steps, size = 2, len(batches), 32
@@ -225,6 +228,8 @@ def test_dropout_heads_fall_back_to_batched_heads_vjps_restricted_to_each_actors
         "heads_backward_input": 2 * tasks,
     }
     assert_charged_passes(engine, reference[4], passes, steps, size)
+    everything = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert engine.stats.bytes_per_step()["parameters"] == actors * everything  # once per step
     engine.close()
 
 
