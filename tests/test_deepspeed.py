@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,12 @@ import torch
 os.environ.setdefault(
     "TORCH_EXTENSIONS_DIR", str(Path(tempfile.gettempdir()) / "mtlbench-torch-extensions")
 )
+# A build killed mid-way (an interrupted test run) leaves torch's build lock behind, and every
+# later build waits on it forever; a real build takes ~30 s, so a lock 10 minutes old is stale.
+STALE_LOCK_SECONDS = 600
+for lock in Path(os.environ["TORCH_EXTENSIONS_DIR"]).glob("*/lock"):
+    if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+        lock.unlink(missing_ok=True)
 from mtlbench.cluster.deepspeed_engine import DeepSpeedEngine, prepare_environment
 
 prepare_environment(torch.device("cpu"))
