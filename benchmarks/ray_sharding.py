@@ -110,14 +110,23 @@ from torch import Tensor
 
 RAY_CPUS = 2
 # Every ray_sharded engine keeps its actors for the whole run, so that the K = 1 and K = 2 engines
-# can be timed in interleaved blocks: 1 + 2 actors per Gram strategy, 6 in all, more than 2 whole
+# can be timed in interleaved blocks: 1 + 2 actors per variant, 9 in all, more than 2 whole
 # logical CPUs. Ray's CPU count is a reservation, not a pinning: only one configuration runs at a
 # time, so at most 2 actor processes (one torch thread each) compute at once. Each actor therefore
-# reserves a quarter of a logical CPU (6 × 0.25 ≤ 2) and runs exactly one torch thread.
-CPUS_PER_ACTOR = 0.25
+# reserves a fifth of a logical CPU (9 × 0.2 ≤ 2) and runs exactly one torch thread.
+CPUS_PER_ACTOR = 0.2
 THREADS_PER_ACTOR = 1
 FLOAT_BYTES = 4
 TARGET_EFFICIENCY = 0.85  # the issue's target for speedup / K
+# (gram, transport) pairs timed: both Grams over node-local shared memory (the engine's choice on
+# one machine), and the parameter-shard Gram over Ray's object store (its choice across machines)
+VARIANTS = {  # name: (gram, transport, prefetch)
+    "parameter/shm": ("parameter", "shared_memory", True),
+    "gather/shm": ("gather", "shared_memory", True),
+    "parameter/store": ("parameter", "object_store", True),
+    "parameter/shm/no-prefetch": ("parameter", "shared_memory", False),
+}
+DEFAULT_VARIANTS = ["parameter/shm", "gather/shm", "parameter/store"]
 Step = Callable[[], None]
 
 
@@ -236,7 +245,7 @@ def expected_bytes(
         "batch": actors * batch_numbers * FLOAT_BYTES,
         "rng": actors * rng_bytes,
     }
-    if strategy == "gather":
+    if strategy.startswith("gather"):
         return {**common, "jacobian_rows": tasks * shared * FLOAT_BYTES}
     per_strategy = {
         "reshard": (actors - 1) / actors * tasks * shared * FLOAT_BYTES,
@@ -265,7 +274,7 @@ def flop_ceiling(engine: GradientEngine, tasks: int, batch_size: int, actors: in
     return (fixed + tasks * backward) / (fixed + largest_share * backward)
 
 
-Labels = list[tuple[str, str, str]]  # (gram strategy, label of K=1 config, label of K=2 config)
+Labels = list[tuple[str, str, str]]  # (gram/transport, label of K=1 config, label of K=2 config)
 
 
 def print_step_times(configs: dict[str, Config]) -> None:
@@ -279,8 +288,14 @@ def print_step_times(configs: dict[str, Config]) -> None:
 def print_speedups(
     configs: dict[str, Config], actor_labels: Labels, tasks: int, batch_size: int
 ) -> dict[str, float]:
-    """Speedup 1 → 2 workers and efficiency (speedup / 2); returns the efficiency by strategy."""
-    print(f"\n  {'1 vs 2 workers':<36}{'speedup':>10}{'efficiency':>12}{'blocks min-max':>18}")
+    """Speedup 1 → 2 workers and efficiency (speedup / 2); returns the efficiency by strategy.
+
+    speedup: the median over blocks of t(1) / t(2) timed in the same block (the figure judged
+    against the target); "of medians": median t(1) / median t(2), a second estimate whose gap
+    to the first shows how much the machine's noise moves the answer.
+    """
+    header = f"{'speedup':>10}{'efficiency':>12}{'of medians':>12}{'blocks min-max':>18}"
+    print(f"\n  {'1 vs 2 workers':<44}{header}")
     pairs = {strategy: (one, two) for strategy, one, two in actor_labels}
     pairs["batched"] = ("batched-1", "batched-2")
     efficiencies = {}
@@ -291,11 +306,13 @@ def print_speedups(
         label = (
             "batched, 1/2 torch threads"
             if strategy == "batched"
-            else (f"ray_sharded gram={strategy}, K=1/K=2")
+            else (f"ray_sharded {strategy}, K=1/K=2")
         )
-        print(f"  {label:<36}{speedup:10.2f}{speedup / 2:12.2f}{spread(ratios):>18}")
+        of_medians = statistics.median(configs[one].times) / statistics.median(configs[two].times)
+        row = f"{speedup:10.2f}{speedup / 2:12.2f}{of_medians / 2:12.2f}{spread(ratios):>18}"
+        print(f"  {label:<44}{row}")
     ceiling = flop_ceiling(configs[actor_labels[0][1]].engine, tasks, batch_size)
-    print(f"  {'ceiling from FLOPs (serial forward)':<36}{ceiling:10.2f}{ceiling / 2:12.2f}")
+    print(f"  {'ceiling from FLOPs (serial forward)':<44}{ceiling:10.2f}{ceiling / 2:12.2f}")
     del efficiencies["batched"]
     return efficiencies
 
@@ -321,13 +338,13 @@ def print_verdicts(
     for strategy, efficiency in efficiencies.items():
         verdict = "meets" if efficiency >= TARGET_EFFICIENCY else "does NOT meet"
         target = TARGET_EFFICIENCY
-        print(f"  gram={strategy}: efficiency {efficiency:.2f} {verdict} the target {target}")
+        print(f"  {strategy}: efficiency {efficiency:.2f} {verdict} the target {target}")
     batched_2 = configs["batched-2"]
     best = max(actor_labels, key=lambda labels: median_ratio(batched_2, configs[labels[2]]))
     ratio = median_ratio(batched_2, configs[best[2]])
     winner = "sharding wins" if ratio > 1 else "simply giving torch both cores wins"
     print(
-        f"  2 actors (best: gram={best[0]}) run at {ratio:.2f}x the speed of one process with 2 "
+        f"  2 actors (best: {best[0]}) run at {ratio:.2f}x the speed of one process with 2 "
         f"torch threads: {winner} here.\n  The actors run the batched engine's VJPs on their "
         "tasks: 'batched 1 thread / ray K=1' is the cost of Ray itself."
     )
@@ -347,7 +364,7 @@ def print_bytes(
     all_agree = True
     for strategy, one, two in actor_labels:
         header = f"{'kind':<15}{'K':>3}{'measured B':>14}{'formula B':>14}  check"
-        print(f"\n  {'gram=' + strategy:<17}{header}")
+        print(f"\n  {strategy:<17}{header}")
         for label in (one, two):
             engine = configs[label].engine
             actors = engine.num_actors
@@ -376,21 +393,24 @@ def print_gram_check(configs: dict[str, Config]) -> None:
 
 
 # ---- main ------------------------------------------------------------------------------------
-def make_configs(tasks: int) -> tuple[dict[str, Config], Labels]:
-    """Four Ray configurations (K ∈ {1, 2} × gram ∈ {parameter, gather}), three local ones."""
+def make_configs(tasks: int, variants: list[str]) -> tuple[dict[str, Config], Labels]:
+    """Two Ray configurations (K = 1, 2) per variant ('gram/transport'), three local ones."""
     configs: dict[str, Config] = {}
     actor_labels = []
-    for strategy in ("parameter", "gather"):
+    for strategy in variants:
+        gram, transport, prefetch = VARIANTS[strategy]
         labels = []
         for actors in (1, 2):
             label = f"ray-{strategy}-{actors}"
             options = {
                 "actors": actors,
-                "gram": strategy,
+                "gram": gram,
+                "transport": transport,
+                "prefetch": prefetch,
                 "cpus_per_actor": CPUS_PER_ACTOR,
                 "threads_per_actor": THREADS_PER_ACTOR,
             }
-            name = f"ray_sharded gram={strategy} K={actors}"
+            name = f"ray_sharded {strategy} K={actors}"
             configs[label] = Config(name, "ray_sharded", 1, options)
             labels.append(label)
         actor_labels.append((strategy, *labels))
@@ -409,7 +429,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--inputs", type=int, default=256, help="input features D_in")
     parser.add_argument("--hidden", type=int, default=768, help="width of the two hidden layers")
     parser.add_argument("--width", type=int, default=256, help="representation width D")
-    parser.add_argument("--blocks", type=int, default=9)
+    parser.add_argument("--blocks", type=int, default=15)
     parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration")
     parser.add_argument(
@@ -418,10 +438,20 @@ def parse_args() -> argparse.Namespace:
         default=512,
         help="Ray object store size (0: Ray's default); see 'Object store' in the module notes",
     )
+    parser.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated subset of {', '.join(VARIANTS)} (every variant's actors stay up "
+        "for the whole run, and idle actors still wake up: fewer variants, less noise)",
+    )
     parser.add_argument("--quick", action="store_true", help="≈ 30 s smoke run (smaller, fewer)")
     args = parser.parse_args()
     if args.tasks < 2:
         parser.error("--tasks must be >= 2 (K = 2 actors need 2 tasks)")
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown or not args.variants:
+        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     if args.quick:
         args.hidden, args.batch_size = min(args.hidden, 384), min(args.batch_size, 128)
         args.blocks, args.steps, args.warmup = 3, 2, 1
@@ -454,7 +484,7 @@ def main() -> None:
             f"object store {args.object_store_mb or 'default'} MB; "
             f"torch {torch.__version__}; median of {args.blocks} blocks × {args.steps} steps"
         )
-        configs, actor_labels = make_configs(args.tasks)
+        configs, actor_labels = make_configs(args.tasks, args.variants)
         for config in configs.values():
             prepare(config, initial, taskset, batch, args.warmup)
         run_blocks(list(configs.values()), args.blocks, args.steps)

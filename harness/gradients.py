@@ -142,6 +142,16 @@ class GradientEngine:
         """
         return optimizer
 
+    def report(self) -> dict[str, float | str]:
+        """What the engine measured about itself over the run, recorded with the run (numbers as
+        MLflow metrics ``engine.<key>`` and strings as tags ``mtlbench.engine.<key>``; all in the
+        run table's ``engine_stats`` JSON). Local engines have nothing to add."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the engine holds outside this process (actors, shared memory); the
+        trainer calls it when the run's training ends. Local engines hold nothing."""
+
     # ---- cost calibration -------------------------------------------------------------------
     def _calibrate(self, batch: Batch) -> None:
         """Measure the FLOPs per sample of each pass kind on a few samples of ``batch``.

@@ -102,6 +102,7 @@ def result_rows(
         "wall_seconds": result.wall_seconds,
         "peak_memory_bytes": result.peak_memory_bytes,
         "memory_measure": result.memory_measure,
+        "engine_stats": json.dumps(result.engine_stats, sort_keys=True),
         "hypervolume": hv.value if hv else math.nan,
         "hv_method": hv.method if hv else "",
         "hv_standard_error": hv.standard_error if hv else math.nan,

@@ -45,6 +45,7 @@ SCHEMA = pa.schema(
         ("wall_seconds", pa.float64()),
         ("peak_memory_bytes", pa.int64()),
         ("memory_measure", pa.string()),
+        ("engine_stats", pa.string()),  # JSON of the engine's report (e.g. ray_sharded's bytes)
         ("hypervolume", pa.float64()),
         ("hv_method", pa.string()),
         ("hv_standard_error", pa.float64()),

@@ -128,6 +128,11 @@ class Tracker:
             self.client.log_batch(run_id, metrics=metrics[start : start + BATCH_LIMIT])
         tags = [RunTag(f"env.{k}", str(v)[:5000]) for k, v in result.environment.items()]
         tags += [
+            RunTag(f"mtlbench.engine.{key}", value)
+            for key, value in result.engine_stats.items()
+            if isinstance(value, str)
+        ]
+        tags += [
             RunTag("mtlbench.status", result.status),
             RunTag("mtlbench.stop_reason", result.stop_reason),
         ]
@@ -152,6 +157,11 @@ def _final_metrics(result: RunResult, rows: list[dict[str, Any]]) -> dict[str, f
         "train_seconds": result.train_seconds,
         "peak_memory_bytes": float(result.peak_memory_bytes),
         **{k: float(v) for k, v in result.budget.items()},
+        **{
+            f"engine.{key}": float(value)
+            for key, value in result.engine_stats.items()
+            if not isinstance(value, str)
+        },
     }
     if result.hypervolume is not None:
         final["hypervolume"] = result.hypervolume.value

@@ -77,6 +77,7 @@ class RunResult:
     peak_memory_bytes: int = 0
     memory_measure: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
+    engine_stats: dict[str, float | str] = field(default_factory=dict)  # GradientEngine.report
     solutions: list[SolutionResult] = field(default_factory=list)
     hypervolume: HypervolumeResult | None = None
     hv_reference: list[float] = field(default_factory=list)
@@ -292,37 +293,45 @@ def _train(
     batches = training_batches(splits.train, training.batch_size, spec.seed, device)
     first = next(batches)
     engine = get_engine(spec.engine)(method.model, taskset, budget, first, **spec.engine_options)
-    method.optimizer = engine.wrap_optimizer(method.optimizer)
-    budget.restart_clock()
+    try:  # the engine's actors / shared memory are released however the loop ends
+        method.optimizer = engine.wrap_optimizer(method.optimizer)
+        budget.restart_clock()
 
-    best_val_hv, best_state, best_step = -math.inf, None, 0
-    step, stop_reason = 0, "max_steps"
-    batch = first
-    loop_started = time.perf_counter()
-    while step < training.max_steps:
-        try:
-            log = method.step(batch, engine)
-        except BudgetExhausted:
-            stop_reason = "budget"
-            break
-        step += 1
-        if step % training.log_every == 0:
-            row = _log_row(step, log, taskset.names, budget)
-            result.history.append(row)
-            if _is_diverged(row):
-                stop_reason = "diverged"
+        best_val_hv, best_state, best_step = -math.inf, None, 0
+        step, stop_reason = 0, "max_steps"
+        batch = first
+        loop_started = time.perf_counter()
+        while step < training.max_steps:
+            try:
+                log = method.step(batch, engine)
+            except BudgetExhausted:
+                stop_reason = "budget"
                 break
-            if progress:
-                progress(budget.fraction_spent, step)
-        if spec.scoring == "best_val" and step % training.eval_every == 0:
-            val_hv = _validation_hypervolume(method, taskset, splits, device)
-            if val_hv > best_val_hv:
-                best_val_hv, best_step = val_hv, step
-                best_state = copy.deepcopy(method.state_dict())
-        if checkpoint_dir and training.checkpoint_every and step % training.checkpoint_every == 0:
-            _save_checkpoint(checkpoint_dir, step, method)
-        batch = next(batches)
-    result.train_seconds = time.perf_counter() - loop_started
+            step += 1
+            if step % training.log_every == 0:
+                row = _log_row(step, log, taskset.names, budget)
+                result.history.append(row)
+                if _is_diverged(row):
+                    stop_reason = "diverged"
+                    break
+                if progress:
+                    progress(budget.fraction_spent, step)
+            if spec.scoring == "best_val" and step % training.eval_every == 0:
+                val_hv = _validation_hypervolume(method, taskset, splits, device)
+                if val_hv > best_val_hv:
+                    best_val_hv, best_step = val_hv, step
+                    best_state = copy.deepcopy(method.state_dict())
+            if (
+                checkpoint_dir
+                and training.checkpoint_every
+                and step % training.checkpoint_every == 0
+            ):
+                _save_checkpoint(checkpoint_dir, step, method)
+            batch = next(batches)
+        result.train_seconds = time.perf_counter() - loop_started
+        result.engine_stats = engine.report()
+    finally:
+        engine.close()
     result.steps, result.stop_reason = step, stop_reason
     result.budget = budget.summary()
     if stop_reason == "diverged":

@@ -9,6 +9,8 @@ Two actors on a local Ray (``ray.init(num_cpus=2)``) that this module starts and
 
 from __future__ import annotations
 
+import json
+
 import _test_methods
 import numpy as np
 import pyarrow.parquet as pq
@@ -21,7 +23,7 @@ from mtlbench.datasets._models import multi_lenet
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.config import parse_suite
 from mtlbench.harness.gradients import get_engine
-from mtlbench.harness.model import MultiTaskModel, SeparateHeads
+from mtlbench.harness.model import MultiTaskModel, SeparateHeads, StackedMLPHeads
 from mtlbench.harness.runner import run_suite
 from mtlbench.harness.tasks import TaskSet, TaskSpec
 from mtlbench.methods.min_norm import min_norm_weights
@@ -117,7 +119,11 @@ def assert_close_lists(first, second, tolerance=1e-5):
         assert torch.allclose(a, b, atol=tolerance, rtol=tolerance), float((a - b).abs().max())
 
 
-def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes() -> None:
+TRANSPORTS = ["shared_memory", "object_store"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes(transport) -> None:
     """LeNet (Dropout2d), T = 2 over 2 actors, Gram by parameter shards, several steps.
 
     Equal to the loop engine to 1e-5 (Gram, Jacobian, representation gradients, parameters);
@@ -126,7 +132,12 @@ def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes() -
     """
     build, taskset, batches = lenet_problem()
     reference = min_norm_steps("loop", build, taskset, batches)
-    *sharded, model, engine = min_norm_steps("ray_sharded", build, taskset, batches, actors=2)
+    *sharded, model, engine = min_norm_steps(
+        "ray_sharded", build, taskset, batches, actors=2, transport=transport
+    )
+    assert engine.transport == transport
+    # from the second step on, each step's rows started before the driver's forward
+    assert (engine.stats.prefetched, engine.stats.prefetch_dropped) == (STEPS - 1, 0)
     for index in range(3):
         assert_close_lists(reference[index], sharded[index])
     for p_ref, p_sharded in zip(reference[3].parameters(), model.parameters(), strict=True):
@@ -176,14 +187,17 @@ def assert_charged_passes(engine, loop, passes: dict[str, int], steps: int, size
         assert engine.budget.flops_by_pass.get(kind, 0.0) == pytest.approx(expected), kind
 
 
-def test_equal_to_loop_engine_mlp_uneven_shards_gather_and_sharded_representation() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_equal_to_loop_engine_mlp_uneven_shards_gather_and_sharded_representation(
+    transport,
+) -> None:
     """T = 5 over 2 actors (3 + 2 tasks), Gram from gathered rows, z-gradients from the actors."""
     taskset, batches = tiny_taskset(5), tiny_batches(5, count=STEPS)
 
     def build():
         return tiny_model(5, seed=0)
 
-    options = {"actors": 2, "gram": "gather", "shard_representation": True}
+    options = {"actors": 2, "gram": "gather", "shard_representation": True, "transport": transport}
     reference = min_norm_steps("loop", build, taskset, batches)
     *sharded, model, engine = min_norm_steps("ray_sharded", build, taskset, batches, **options)
     for index in range(3):
@@ -208,12 +222,15 @@ def test_equal_to_loop_engine_mlp_uneven_shards_gather_and_sharded_representatio
     engine.close()
 
 
-def test_dropout_heads_fall_back_to_batched_heads_vjps_restricted_to_each_actors_tasks() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_dropout_heads_fall_back_to_batched_heads_vjps_restricted_to_each_actors_tasks(
+    transport,
+) -> None:
     """Dropout in the heads: no per-task heads rerun; each actor replays the heads forward with the
     driver's RNG and makes one batched heads VJP per own task (T in all, charged so). T = 3 over
     2 actors (2 + 1), Gram by parameter shards, z-gradients from the actors too."""
     build, taskset, batches = dropout_heads_problem()
-    options = {"actors": 2, "shard_representation": True}
+    options = {"actors": 2, "shard_representation": True, "transport": transport}
     reference = min_norm_steps("loop", build, taskset, batches)
     *sharded, model, engine = min_norm_steps("ray_sharded", build, taskset, batches, **options)
     for index in range(3):
@@ -274,6 +291,12 @@ def test_actor_killed_mid_run_completes_and_is_recorded_once(tmp_path) -> None:
     killed, reference = results["killed"], results["reference"]
     assert killed.steps == reference.steps == 6
     assert killed.history[-1]["actor_restarts"] >= 1
+    # the engine's own report: same-machine actors exchange through shared memory (whose
+    # barrier a killed peer must not hang), the restart counted, bytes per step recorded
+    assert killed.engine_stats["transport"] == "shared_memory"
+    assert killed.engine_stats["actor_restarts"] == 1  # the survivor was released, not replaced
+    assert killed.engine_stats["bytes_per_step.reshard"] > 0
+    assert results["ew-sharded"].engine_stats == {"actors": 0}
     assert np.allclose(
         killed.solutions[0].test_losses, reference.solutions[0].test_losses, atol=1e-5
     )
@@ -299,6 +322,95 @@ def test_actor_killed_mid_run_completes_and_is_recorded_once(tmp_path) -> None:
         if r.data.tags.get("mtlbench.kind") == "run"
     ]
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    killed_run = next(r for r in children if r.data.tags.get("mtlbench.engine.transport"))
+    assert killed_run.data.metrics["engine.actor_restarts"] >= 1
+    row = next(r for r in rows if r["method_label"] == "killed")
+    assert json.loads(row["engine_stats"])["actors"] == 2
+
+
+def batchnorm_problem(count: int = 6):
+    """BatchNorm in the encoder (its running statistics move in every training forward), T = 4."""
+    taskset, batches = tiny_taskset(4), tiny_batches(4, count=count)
+
+    def build():
+        torch.manual_seed(2)
+        encoder = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 16))
+        return MultiTaskModel(encoder, StackedMLPHeads(4, 16, 4, hidden=None), 4)
+
+    return build, taskset, batches
+
+
+def every_other_step_asks(engine_name: str, build, taskset, batches, **options):
+    """Even steps: min-norm weights from the Gram and Σ aₜgₜ; odd steps: a plain equal-weight
+    backward (no per-task request), so every prefetch started after an even step is dropped."""
+    model = build()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    engine = get_engine(engine_name)(model, taskset, Budget("flops", 1e18), batches[0], **options)
+    grams = []
+    for index, batch in enumerate(batches):
+        optimizer.zero_grad(set_to_none=True)
+        state = engine.forward(batch)
+        if index % 2 == 0:
+            grams.append(engine.shared_gram(state))
+            weights = min_norm_weights(grams[-1])
+            direction = engine.shared_combination(state, weights)
+            engine.apply_shared_direction(state, direction, torch.ones_like(weights))
+        else:
+            engine.backward(state, torch.ones(len(taskset)))
+        optimizer.step()
+    if hasattr(engine, "close"):
+        engine.close()  # its actors' CPUs go back to Ray (stats and budget stay readable)
+    return grams, model, engine
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_prefetch_dropped_when_not_asked_is_not_charged_and_batchnorm_replays(transport) -> None:
+    """A method that asks every other step, on a BatchNorm encoder: with prefetch the numbers
+    and the budget are those without it (the dropped exchanges are not charged), and both equal
+    the loop engine's; the forward's move of BatchNorm's running statistics is not taken for a
+    change of the model."""
+    build, taskset, batches = batchnorm_problem()
+    reference, reference_model, _ = every_other_step_asks("loop", build, taskset, batches)
+    runs = {
+        prefetch: every_other_step_asks(
+            "ray_sharded",
+            build,
+            taskset,
+            batches,
+            actors=2,
+            transport=transport,
+            prefetch=prefetch,
+        )
+        for prefetch in (True, False)
+    }
+    for grams, model, engine in runs.values():
+        assert_close_lists(reference, grams)
+        for expected, got in zip(
+            reference_model.state_dict().values(), model.state_dict().values()
+        ):
+            assert torch.allclose(expected.float(), got.float(), atol=1e-5, rtol=1e-5)
+    with_prefetch, without = runs[True][2], runs[False][2]
+    assert with_prefetch.budget.passes_by_kind == without.budget.passes_by_kind
+    assert with_prefetch.budget.flops_by_pass == pytest.approx(without.budget.flops_by_pass)
+    # steps 1, 3, 5 follow an asking step: prefetched, never asked for, dropped
+    assert (with_prefetch.stats.prefetched, with_prefetch.stats.prefetch_dropped) == (3, 3)
+    assert (without.stats.prefetched, without.stats.prefetch_dropped) == (0, 0)
+
+
+def test_transport_option_errors_name_the_field() -> None:
+    build, taskset, batches = lenet_problem(count=1)
+    engine = get_engine("ray_sharded")
+    with pytest.raises(ValueError, match="engine_options.transport: expected one of"):
+        engine(build(), taskset, Budget("flops", 1e18), batches[0], transport="tcp")
+    with pytest.raises(ValueError, match="engine_options.transport: shared_memory holds CPU"):
+        engine(
+            build(),
+            taskset,
+            Budget("flops", 1e18),
+            batches[0],
+            transport="shared_memory",
+            gpus_per_actor=1,
+        )
 
 
 @pytest.mark.parametrize("name", ["mgda", "mgda_ub"])

@@ -1,0 +1,125 @@
+"""Node-local shared tensors and the pipe barrier (``cluster/node_shared.py``), across real
+processes: what one writes before arriving, every other reads after leaving; an abort releases a
+waiting member; files are removed by their creator and orphans of dead creators are swept."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from mtlbench.cluster.node_shared import (
+    PREFIX,
+    SHM_DIR,
+    BarrierAborted,
+    NodeBarrier,
+    SharedArena,
+    plan_layout,
+)
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="no /dev/shm on this machine")
+MEMBERS = 3
+WIDTH = 1000
+
+
+def _member(layout, rank: int, exchange_id: int, results) -> None:
+    """Write row ``rank`` (value rank + 1), meet the others, then sum every row."""
+    arena = SharedArena.attach(layout)
+    arena["rows"][rank].fill_(rank + 1.0)
+    NodeBarrier(layout.barrier_paths, rank).arrive_and_wait(exchange_id, timeout_s=60)
+    results.put((rank, arena["rows"].sum(dim=1).tolist()))
+
+
+def test_rows_written_before_the_barrier_are_read_by_every_member_after_it() -> None:
+    arena = SharedArena.create({"rows": ((MEMBERS, WIDTH), torch.float32)}, MEMBERS)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    for exchange_id in (1, 2):  # the second round must not be released by the first's messages
+        arena["rows"].zero_()
+        processes = [
+            context.Process(target=_member, args=(arena.layout, rank, exchange_id, results))
+            for rank in range(MEMBERS)
+        ]
+        for process in processes:
+            process.start()
+        seen = dict(results.get(timeout=120) for _ in range(MEMBERS))
+        for process in processes:
+            process.join(timeout=60)
+            assert process.exitcode == 0
+        expected = [float(WIDTH * (rank + 1)) for rank in range(MEMBERS)]
+        assert seen == {rank: expected for rank in range(MEMBERS)}
+    files = [arena.layout.path, *arena.layout.barrier_paths]
+    assert all(os.path.exists(path) for path in files)
+    arena.close()
+    assert not any(os.path.exists(path) for path in files)
+
+
+def _waiter(layout, exchange_id: int, results) -> None:
+    try:
+        NodeBarrier(layout.barrier_paths, 0).arrive_and_wait(exchange_id, timeout_s=60)
+        results.put("left")
+    except BarrierAborted:
+        results.put("aborted")
+
+
+def test_abort_releases_a_member_waiting_for_a_peer_that_never_comes() -> None:
+    arena = SharedArena.create({"x": ((1,), torch.float32)}, 2)
+    driver = NodeBarrier(arena.layout.barrier_paths, None)
+    driver.abort(6)  # a stale abort of another exchange must be skipped
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=_waiter, args=(arena.layout, 7, results))
+    process.start()
+    driver.abort(7)
+    assert results.get(timeout=120) == "aborted"
+    process.join(timeout=60)
+    driver.close()
+    arena.close()
+
+
+def test_arena_layout_aligns_every_tensor_and_views_have_the_dtypes() -> None:
+    tensors = {
+        "a": ((3,), torch.float32),  # 12 bytes
+        "count": ((), torch.int64),
+        "b": ((2, 5), torch.float64),
+    }
+    layout = plan_layout("/unused", tensors)
+    offsets = [entry[0] for entry in layout.entries.values()]
+    assert offsets == [0, 64, 128] and layout.nbytes == 128 + 128
+    arena = SharedArena.create(tensors)
+    arena["b"].fill_(2.5)
+    arena["count"].fill_(7)
+    assert arena["a"].dtype == torch.float32 and arena["b"].shape == (2, 5)
+    assert float(arena["b"].sum()) == 25.0 and int(arena["count"]) == 7
+    assert float(arena["a"].abs().sum()) == 0.0  # zero-filled, untouched by its neighbours
+    arena.close()
+
+
+def test_too_large_an_arena_names_dev_shm_and_leaves_no_file() -> None:
+    free = os.statvfs(SHM_DIR).f_bavail * os.statvfs(SHM_DIR).f_frsize
+    before = set(os.listdir(SHM_DIR))
+    with pytest.raises(OSError, match="/dev/shm has .* MiB free"):
+        SharedArena.create({"huge": ((free // 4 + 2**20,), torch.float32)})
+    assert set(os.listdir(SHM_DIR)) <= before
+
+
+def test_files_of_a_dead_creator_are_swept_by_the_next_arena() -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    pid = int(dead.stdout)
+    orphans = [
+        os.path.join(SHM_DIR, f"{PREFIX}-{pid}-abc123{suffix}") for suffix in ("", "-barrier-0")
+    ]
+    for path in orphans:
+        open(path, "wb").close()
+    arena = SharedArena.create({"x": ((1,), torch.float32)})
+    assert not any(os.path.exists(path) for path in orphans)
+    assert os.path.exists(arena.layout.path)  # its own (live) file stays
+    arena.close()
