@@ -35,6 +35,7 @@ from torch import Tensor
 SHM_DIR = "/dev/shm"
 PREFIX = "mtlbench-arena"
 ALIGN = 64  # bytes: every tensor starts on a cache line (and on its dtype's alignment)
+NONCE = "_nonce"
 _NAME = re.compile(rf"^{PREFIX}-(\d+)-")  # the arena file and its barrier FIFOs
 
 
@@ -46,15 +47,16 @@ class ArenaLayout:
     nbytes: int
     entries: dict[str, tuple[int, tuple[int, ...], torch.dtype]]
     barrier_paths: tuple[str, ...] = ()  # one FIFO per barrier member (see NodeBarrier)
+    nonce: int = 0  # written into the file by its creator: ``attach`` checks it is that file
 
 
 def plan_layout(
     path: str, tensors: dict[str, tuple[tuple[int, ...], torch.dtype]], members: int = 0
 ) -> ArenaLayout:
-    """Pack ``tensors`` (name → (shape, dtype)) one after another, each aligned to ``ALIGN``;
-    name a barrier FIFO for each of ``members`` processes."""
+    """Pack ``tensors`` (name → (shape, dtype)) one after another, each aligned to ``ALIGN``,
+    after an int64 nonce; name a barrier FIFO for each of ``members`` processes."""
     entries, offset = {}, 0
-    for name, (shape, dtype) in tensors.items():
+    for name, (shape, dtype) in {NONCE: ((1,), torch.int64), **tensors}.items():
         entries[name] = (offset, tuple(int(s) for s in shape), dtype)
         numel = 1
         for size in shape:
@@ -62,7 +64,8 @@ def plan_layout(
         nbytes = numel * torch.empty((), dtype=dtype).element_size()
         offset += -(-nbytes // ALIGN) * ALIGN
     barrier = tuple(f"{path}-barrier-{rank}" for rank in range(members))
-    return ArenaLayout(path, max(offset, ALIGN), entries, barrier)
+    nonce = int.from_bytes(os.urandom(7), "little") + 1
+    return ArenaLayout(path, max(offset, ALIGN), entries, barrier, nonce)
 
 
 def shared_memory_room() -> int:
@@ -143,12 +146,23 @@ class SharedArena:
             handle.truncate(layout.nbytes)
         for fifo in layout.barrier_paths:
             os.mkfifo(fifo, 0o600)
-        return cls(layout, owner=True)
+        arena = cls(layout, owner=True)
+        arena[NONCE].fill_(layout.nonce)
+        return arena
 
     @classmethod
     def attach(cls, layout: ArenaLayout) -> SharedArena:
-        """Map an arena another process created (same machine)."""
-        return cls(layout, owner=False)
+        """Map an arena another process created on this machine.
+
+        Raises OSError when this process cannot see that file (another machine or container
+        that shares the Ray node, a Ray client driver): missing, or holding another nonce.
+        """
+        if not os.path.exists(layout.path) or os.path.getsize(layout.path) != layout.nbytes:
+            raise OSError(f"{layout.path}: not here (the arena lives on another machine?)")
+        arena = cls(layout, owner=False)
+        if int(arena[NONCE]) != layout.nonce:
+            raise OSError(f"{layout.path}: holds another arena (a different machine's file)")
+        return arena
 
     def __getitem__(self, name: str) -> Tensor:
         return self._tensors[name]

@@ -276,6 +276,9 @@ class ShardWorker:
         # rows as a view, the others' blocks as received (n_j, P_rank); never concatenated
         self.pieces: list[Tensor] | None = None
         self.arena: SharedArena | None = None  # transport shared_memory: the driver's buffers
+        # bytes this actor read that another process wrote, by kind (counted here, on the
+        # receiving side, so tests can hold the driver's bookkeeping against it)
+        self.received: dict[str, int] = {"parameters": 0, "reshard": 0}
         self.barrier: NodeBarrier | None = None  # and the barrier among the actors
 
     def pid(self) -> int:
@@ -284,13 +287,20 @@ class ShardWorker:
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def attach(self, layout: ArenaLayout | None) -> None:
-        """Map the driver's shared buffers (``shared_memory`` transport; same machine); None:
-        use the object store."""
+    def attach(self, layout: ArenaLayout | None) -> bool:
+        """Map the driver's shared buffers (``shared_memory`` transport); None: use the object
+        store. False when this process cannot map them (it does not see the driver's files)."""
         if self.barrier is not None:
             self.barrier.close()
-        self.arena = None if layout is None else SharedArena.attach(layout)
-        self.barrier = None if layout is None else NodeBarrier(layout.barrier_paths, self.rank)
+        self.arena, self.barrier = None, None
+        if layout is None:
+            return True
+        try:
+            self.arena = SharedArena.attach(layout)
+        except OSError:
+            return False
+        self.barrier = NodeBarrier(layout.barrier_paths, self.rank)
+        return True
 
     def _sync(self, version: int, holder: list[Any] | None) -> None:
         """Load the driver's parameters and buffers: from the arena (holder None), else from the
@@ -304,7 +314,11 @@ class ShardWorker:
             arrays = ray.get(holder[0])
             state = {name: _as_tensor(array, self.device) for name, array in zip(names, arrays)}
         self.model.load_state_dict(state)
+        self.received["parameters"] += sum(t.numel() * t.element_size() for t in state.values())
         self.version = version
+
+    def received_bytes(self) -> dict[str, int]:
+        return dict(self.received)
 
     def _replay(self, step: dict[str, Any], training: bool) -> StepState:
         """The driver's forward, redone: same parameters, batch and RNG state. The heads are
@@ -362,6 +376,8 @@ class ShardWorker:
         start, stop = self.column_bounds[self.rank], self.column_bounds[self.rank + 1]
         columns = self.arena["exchange"][:, start:stop]
         self.pieces = [columns]
+        peers = columns.shape[0] - len(self.tasks)  # rows of this shard the other actors wrote
+        self.received["reshard"] += peers * columns.shape[1] * columns.element_size()
         return (columns @ columns.T).cpu().numpy()
 
     def assemble(self, token: int, task_counts: list[int], *blocks: np.ndarray) -> np.ndarray:
@@ -374,6 +390,7 @@ class ShardWorker:
             raise RuntimeError(f"assemble: step {token} is not resident (holding {self.token})")
         start, stop = self.column_bounds[self.rank], self.column_bounds[self.rank + 1]
         others = iter(blocks)
+        self.received["reshard"] += sum(block.nbytes for block in blocks)
         self.pieces = [
             self.rows_held[:, start:stop]
             if shard == self.rank
@@ -461,11 +478,16 @@ class ShardPool:
         here = ray.get_runtime_context().get_node_id()
         return all(node == here for node in ray.get([a.node_id.remote() for a in self.actors]))
 
-    def attach(self, layout: ArenaLayout | None, ranks: list[int] | None = None) -> None:
-        """Have the actors (all, or ``ranks``) map the driver's arena; None: all stop using one."""
-        self.layout = layout
+    def attach(self, layout: ArenaLayout | None, ranks: list[int] | None = None) -> bool:
+        """Have the actors (all, or ``ranks``) map the driver's arena; None: all stop using one.
+        False (and no arena kept) when one of them cannot map it."""
         chosen = range(len(self.actors)) if ranks is None or layout is None else ranks
-        ray.get([self.actors[rank].attach.remote(layout) for rank in chosen])
+        mapped = all(ray.get([self.actors[rank].attach.remote(layout) for rank in chosen]))
+        if not mapped:
+            ray.get([actor.attach.remote(None) for actor in self.actors])
+            layout = None
+        self.layout = layout
+        return mapped
 
     def _spawn(self, rank: int):
         return _RemoteShardWorker.options(
@@ -511,9 +533,10 @@ class ShardPool:
             self.versions[rank] = -1
         if dead:
             self._wait_ready(dead)
-            if self.layout is not None and self.on_this_node():
-                self.attach(self.layout, dead)
-            elif self.layout is not None:  # a replacement on another machine: back to the store
+            # a replacement on another machine drops the shared memory: back to the store
+            if self.layout is not None and not (
+                self.on_this_node() and self.attach(self.layout, dead)
+            ):
                 self.attach(None)
         return len(dead)
 
@@ -664,6 +687,10 @@ class RayShardedEngine(GradientEngine):
                 self._arena = SharedArena.create(self._arena_tensors(), self.num_actors)
             except OSError as error:
                 reason = str(error)
+        if reason is None and not self._pool.attach(self._arena.layout):
+            reason = "an actor cannot map the driver's /dev/shm (another machine or container?)"
+            self._arena.close()
+            self._arena = None
         if reason is not None:
             if self.requested_transport == "shared_memory":
                 self.close()
@@ -671,7 +698,6 @@ class RayShardedEngine(GradientEngine):
                     f"engine_options.transport: shared_memory is not possible: {reason}"
                 )
             return
-        self._pool.attach(self._arena.layout)
         self._barrier = NodeBarrier(self._arena.layout.barrier_paths, None)
         self.transport = "shared_memory"
 

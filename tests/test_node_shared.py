@@ -4,6 +4,7 @@ waiting member; files are removed by their creator and orphans of dead creators 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import subprocess
@@ -87,8 +88,9 @@ def test_arena_layout_aligns_every_tensor_and_views_have_the_dtypes() -> None:
         "b": ((2, 5), torch.float64),
     }
     layout = plan_layout("/unused", tensors)
-    offsets = [entry[0] for entry in layout.entries.values()]
-    assert offsets == [0, 64, 128] and layout.nbytes == 128 + 128
+    offsets = {name: entry[0] for name, entry in layout.entries.items()}
+    # the creator's nonce first, then each tensor on its own 64-byte boundary
+    assert offsets == {"_nonce": 0, "a": 64, "count": 128, "b": 192} and layout.nbytes == 320
     arena = SharedArena.create(tensors)
     arena["b"].fill_(2.5)
     arena["count"].fill_(7)
@@ -122,4 +124,18 @@ def test_files_of_a_dead_creator_are_swept_by_the_next_arena() -> None:
     arena = SharedArena.create({"x": ((1,), torch.float32)})
     assert not any(os.path.exists(path) for path in orphans)
     assert os.path.exists(arena.layout.path)  # its own (live) file stays
+    arena.close()
+
+
+def test_attach_refuses_a_file_it_cannot_see_or_that_holds_another_arena() -> None:
+    """A process that shares the Ray node id but not the driver's /dev/shm (a Ray client driver,
+    another container) must fall back, not read zeros: a missing file or a foreign nonce raises."""
+    arena = SharedArena.create({"x": ((4,), torch.float32)})
+    assert float(SharedArena.attach(arena.layout)["x"].sum()) == 0.0  # the real one maps
+    missing = dataclasses.replace(arena.layout, path=arena.layout.path + "-elsewhere")
+    with pytest.raises(OSError, match="not here"):
+        SharedArena.attach(missing)
+    foreign = dataclasses.replace(arena.layout, nonce=arena.layout.nonce + 1)
+    with pytest.raises(OSError, match="holds another arena"):
+        SharedArena.attach(foreign)
     arena.close()

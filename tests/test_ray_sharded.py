@@ -177,6 +177,10 @@ def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes(tra
     assert per_step["direction"] == 4 * shared  # Σ aₜgₜ, one slice from each actor
     assert per_step["jacobian_columns"] == tasks * shared * 4  # only because this test asked for J
     assert per_step["parameters"] == actors * everything  # the parameters changed every step
+    # the same totals counted on the receiving side, by the actors themselves
+    received = [ray.get(actor.received_bytes.remote()) for actor in engine.pool.actors]
+    for kind in ("parameters", "reshard"):
+        assert sum(r[kind] for r in received) == engine.stats.bytes_by_kind[kind], kind
     assert per_step["rng"] == actors * torch.get_rng_state().numel()
     engine.close()
 
