@@ -12,10 +12,10 @@ import sys
 
 import pytest
 import torch
+from _shm_members import WIDTH, member, waiter
 from mtlbench.cluster.node_shared import (
     PREFIX,
     SHM_DIR,
-    BarrierAborted,
     NodeBarrier,
     SharedArena,
     plan_layout,
@@ -23,15 +23,6 @@ from mtlbench.cluster.node_shared import (
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="no /dev/shm on this machine")
 MEMBERS = 3
-WIDTH = 1000
-
-
-def _member(layout, rank: int, exchange_id: int, results) -> None:
-    """Write row ``rank`` (value rank + 1), meet the others, then sum every row."""
-    arena = SharedArena.attach(layout)
-    arena["rows"][rank].fill_(rank + 1.0)
-    NodeBarrier(layout.barrier_paths, rank).arrive_and_wait(exchange_id, timeout_s=60)
-    results.put((rank, arena["rows"].sum(dim=1).tolist()))
 
 
 def test_rows_written_before_the_barrier_are_read_by_every_member_after_it() -> None:
@@ -41,7 +32,7 @@ def test_rows_written_before_the_barrier_are_read_by_every_member_after_it() -> 
     for exchange_id in (1, 2):  # the second round must not be released by the first's messages
         arena["rows"].zero_()
         processes = [
-            context.Process(target=_member, args=(arena.layout, rank, exchange_id, results))
+            context.Process(target=member, args=(arena.layout, rank, exchange_id, results))
             for rank in range(MEMBERS)
         ]
         for process in processes:
@@ -58,21 +49,13 @@ def test_rows_written_before_the_barrier_are_read_by_every_member_after_it() -> 
     assert not any(os.path.exists(path) for path in files)
 
 
-def _waiter(layout, exchange_id: int, results) -> None:
-    try:
-        NodeBarrier(layout.barrier_paths, 0).arrive_and_wait(exchange_id, timeout_s=60)
-        results.put("left")
-    except BarrierAborted:
-        results.put("aborted")
-
-
 def test_abort_releases_a_member_waiting_for_a_peer_that_never_comes() -> None:
     arena = SharedArena.create({"x": ((1,), torch.float32)}, 2)
     driver = NodeBarrier(arena.layout.barrier_paths, None)
     driver.abort(6)  # a stale abort of another exchange must be skipped
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    process = context.Process(target=_waiter, args=(arena.layout, 7, results))
+    process = context.Process(target=waiter, args=(arena.layout, 7, results))
     process.start()
     driver.abort(7)
     assert results.get(timeout=120) == "aborted"
