@@ -28,8 +28,9 @@ one torch thread while the actors are timed. The first step's Gram of every conf
 compared with the ``batched`` engine's, so all rows time the same computation.
 
 Bytes: ``engine.stats.bytes_per_step()`` by kind (logical bytes one process writes and another
-reads, through shared memory or the object store alike; mean over the run's steps), beside the formulas of ``cluster/sharded.py`` (float32; P shared parameters,
-P_all all parameters and buffers, B samples, D_in input features, T tasks)::
+reads, through shared memory or the object store alike; mean over the run's steps), beside the
+formulas of ``cluster/sharded.py`` (float32; P shared parameters, P_all all parameters and
+buffers, B samples, D_in input features, T tasks)::
 
     both       parameters K·P_all·4, batch K·B·(D_in + T)·4, rng K·5056
     gather     jacobian_rows T·P·4
