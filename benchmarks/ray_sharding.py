@@ -75,8 +75,9 @@ about ±0.04 in efficiency)::
     FLOP ceiling                   1.88     0.94                     1.78     0.89
 
 At T = 16 the engine's default (``parameter/shm``) meets the 0.85 target (0.86; 0.87 "of
-medians"; two more runs that day gave 0.83 and 0.87), and its two actors run 1.08x faster than
-one process giving torch both cores. At T = 8 it does not (0.72; 0.77 in an earlier run;
+medians"; three more runs that day gave 0.83, 0.87 and 0.85, the last while the host ran every
+row 20-25% slower), and its two actors run 1.08x faster than one process giving torch both
+cores. At T = 8 it does not (0.72; 0.77 in an earlier run;
 FLOP ceiling 0.89): each actor replays the encoder forward and a heads pass (≈ 9 ms), the
 driver's forward, min-norm solve and update (≈ 9 ms) and Σ aₜgₜ (≈ 4 ms) do not shrink with K,
 and at T = 8 they are a quarter of a K = 2 step. Where the time went before shared memory (profiled, T = 16, K = 2,
