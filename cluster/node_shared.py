@@ -20,6 +20,7 @@ removes the files of drivers that are no longer alive (the driver's pid is in th
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import select
@@ -58,11 +59,7 @@ def plan_layout(
     entries, offset = {}, 0
     for name, (shape, dtype) in {NONCE: ((1,), torch.int64), **tensors}.items():
         entries[name] = (offset, tuple(int(s) for s in shape), dtype)
-        numel = 1
-        for size in shape:
-            numel *= int(size)
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        offset += -(-nbytes // ALIGN) * ALIGN
+        offset += -(-math.prod(shape) * dtype.itemsize // ALIGN) * ALIGN
     barrier = tuple(f"{path}-barrier-{rank}" for rank in range(members))
     nonce = int.from_bytes(os.urandom(7), "little") + 1
     return ArenaLayout(path, max(offset, ALIGN), entries, barrier, nonce)
@@ -114,11 +111,8 @@ class SharedArena:
         raw = torch.from_file(layout.path, shared=True, size=layout.nbytes, dtype=torch.uint8)
         self._tensors: dict[str, Tensor] = {}
         for name, (offset, shape, dtype) in layout.entries.items():
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            numel = 1
-            for size in shape:
-                numel *= size
-            self._tensors[name] = raw[offset : offset + numel * itemsize].view(dtype).view(shape)
+            stop = offset + math.prod(shape) * dtype.itemsize
+            self._tensors[name] = raw[offset:stop].view(dtype).view(shape)
         files = (layout.path, *layout.barrier_paths)
         self._finalizer = weakref.finalize(self, _unlink_all, files) if owner else None
 
@@ -197,7 +191,6 @@ class NodeBarrier:
     def __init__(self, paths: tuple[str, ...], rank: int | None):
         """paths: one FIFO per member (an arena layout's ``barrier_paths``); rank: this member,
         or None for the driver."""
-        self.paths, self.rank = paths, rank
         # O_RDWR: opening never blocks, and the pipe keeps a reader while its member is replaced
         self._own = os.open(paths[rank], os.O_RDWR | os.O_NONBLOCK) if rank is not None else None
         self._peers = [

@@ -147,10 +147,6 @@ class TransferStats:
     def add(self, kind: str, nbytes: int) -> None:
         self.bytes_by_kind[kind] = self.bytes_by_kind.get(kind, 0) + int(nbytes)
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.bytes_by_kind.values())
-
     def bytes_per_step(self) -> dict[str, float]:
         steps = max(self.steps, 1)
         return {kind: value / steps for kind, value in sorted(self.bytes_by_kind.items())}
@@ -285,28 +281,23 @@ class RayShardedEngine(GradientEngine):
     def _open_arena(self) -> None:
         """Choose the transport: shared memory when every actor shares the driver's machine and
         works on the CPU and ``/dev/shm`` has room (``auto``), else the object store."""
-        if self.requested_transport == "object_store":
-            return
-        reason = None
-        if self.actor_resources[1] > 0:
+        if self.requested_transport == "object_store" or self.actor_resources[1] > 0:
             return  # GPU actors: their tensors live on the devices (see the module notes)
-        if not self._pool.on_this_node():
-            reason = "an actor runs on another machine"
-        else:
-            try:
-                self._arena = SharedArena.create(self._arena_tensors(), self.num_actors)
-            except OSError as error:
-                reason = str(error)
-        if reason is None and not self._pool.attach(self._arena.layout):
-            reason = "an actor cannot map the driver's /dev/shm (another machine or container?)"
-            self._arena.close()
-            self._arena = None
-        if reason is not None:
+        try:
+            if not self._pool.on_this_node():
+                raise OSError("an actor runs on another machine")
+            self._arena = SharedArena.create(self._arena_tensors(), self.num_actors)
+            if not self._pool.attach(self._arena.layout):
+                raise OSError("an actor cannot map the driver's /dev/shm (another container?)")
+        except OSError as error:
+            if self._arena is not None:
+                self._arena.close()
+                self._arena = None
             if self.requested_transport == "shared_memory":
                 self.close()
                 raise ValueError(
-                    f"engine_options.transport: shared_memory is not possible: {reason}"
-                )
+                    f"engine_options.transport: shared_memory is not possible: {error}"
+                ) from error
             return
         self._barrier = NodeBarrier(self._arena.layout.barrier_paths, None)
         self.transport = "shared_memory"
@@ -452,12 +443,10 @@ class RayShardedEngine(GradientEngine):
         )
         self._settle_in_flight()
         if self.prefetch and self._gram_asked and self.gram_strategy == "parameter":
-            try:
-                replay.in_flight = self._launch_columns(batch, replay)
-                self._in_flight = replay
-                self.stats.prefetched += 1
-            except ACTOR_FAILURES:  # an actor is gone: the request will replace it and redo
-                replay.in_flight = None
+            # a dead actor shows when the exchange is collected, where it is replaced and redone
+            replay.in_flight = self._launch_columns(batch, replay)
+            self._in_flight = replay
+            self.stats.prefetched += 1
         self._gram_asked = False
         state = super().forward(batch)
         replay.heads_rng = self._heads_rng

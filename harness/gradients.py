@@ -414,9 +414,13 @@ class BatchedEngine(GradientEngine):
         ]
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
-    def _shared_jacobian(self, state: StepState, z_grads: Tensor) -> Tensor:
+    def _shared_jacobian(
+        self, state: StepState, z_grads: Tensor, out: Tensor | None = None
+    ) -> Tensor:
+        """(T, P) rows of the shared Jacobian from the z-gradients, written into ``out`` when
+        given (a (T, P) view, e.g. an actor's rows of a shared exchange: no extra copy)."""
         shared = self.shared_parameters
-        jacobian = z_grads.new_zeros(self.num_tasks, self.num_shared)
+        jacobian = z_grads.new_empty(self.num_tasks, self.num_shared) if out is None else out
         for start in range(0, self.num_tasks, self.chunk_size):
             rows = z_grads[start : start + self.chunk_size]
             grads = torch.autograd.grad(
@@ -429,8 +433,10 @@ class BatchedEngine(GradientEngine):
             )
             offset = 0
             for grad, param in zip(grads, shared):
-                if grad is not None:
-                    block = jacobian[start : start + rows.shape[0], offset : offset + param.numel()]
+                block = jacobian[start : start + rows.shape[0], offset : offset + param.numel()]
+                if grad is None:  # a parameter these tasks do not reach
+                    block.zero_()
+                else:
                     block.copy_(grad.reshape(rows.shape[0], -1))
                 offset += param.numel()
         return jacobian

@@ -29,8 +29,14 @@ def test_rows_written_before_the_barrier_are_read_by_every_member_after_it() -> 
     arena = SharedArena.create({"rows": ((MEMBERS, WIDTH), torch.float32)}, MEMBERS)
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    for exchange_id in (1, 2):  # the second round must not be released by the first's messages
+    driver = NodeBarrier(arena.layout.barrier_paths, None)
+    for exchange_id in (1, 2):
         arena["rows"].zero_()
+        if exchange_id == 2:
+            # stale arrivals of exchange 1 in every pipe (an abandoned attempt): they must not
+            # count towards exchange 2, or member 0 would leave before the others wrote
+            for _ in range(MEMBERS - 1):
+                driver._post(1)
         processes = [
             context.Process(target=member, args=(arena.layout, rank, exchange_id, results))
             for rank in range(MEMBERS)
@@ -43,6 +49,7 @@ def test_rows_written_before_the_barrier_are_read_by_every_member_after_it() -> 
             assert process.exitcode == 0
         expected = [float(WIDTH * (rank + 1)) for rank in range(MEMBERS)]
         assert seen == {rank: expected for rank in range(MEMBERS)}
+    driver.close()
     files = [arena.layout.path, *arena.layout.barrier_paths]
     assert all(os.path.exists(path) for path in files)
     arena.close()
@@ -52,13 +59,19 @@ def test_rows_written_before_the_barrier_are_read_by_every_member_after_it() -> 
 def test_abort_releases_a_member_waiting_for_a_peer_that_never_comes() -> None:
     arena = SharedArena.create({"x": ((1,), torch.float32)}, 2)
     driver = NodeBarrier(arena.layout.barrier_paths, None)
-    driver.abort(6)  # a stale abort of another exchange must be skipped
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    process = context.Process(target=waiter, args=(arena.layout, 7, results))
+    # an abort of another exchange is skipped: the member keeps waiting, here until its timeout
+    driver.abort(6)
+    process = context.Process(target=waiter, args=(arena.layout, 7, 1.5, results))
     process.start()
-    driver.abort(7)
-    assert results.get(timeout=120) == "aborted"
+    assert results.get(timeout=120) == "timed out"
+    process.join(timeout=60)
+    # its own exchange's abort releases it at once
+    process = context.Process(target=waiter, args=(arena.layout, 8, 60.0, results))
+    process.start()
+    driver.abort(8)
+    assert results.get(timeout=50) == "aborted"
     process.join(timeout=60)
     driver.close()
     arena.close()
