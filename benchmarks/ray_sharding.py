@@ -74,17 +74,20 @@ about ±0.04 in efficiency)::
     batched 1/2 thr    247 / 152   1.61     0.80         119 /  80   1.54     0.77
     FLOP ceiling                   1.88     0.94                     1.78     0.89
 
-At T = 16 the engine's default (``parameter/shm``) meets the 0.85 target (0.86; 0.87 "of medians";
-three more runs that day gave 0.83, 0.87 and 0.85, the last while the host ran every row 20-25%
-slower), and its two actors run 1.08x faster than one process giving torch both cores. At T = 8 it
-does not (0.72; 0.77 in an earlier run; FLOP ceiling 0.89): each actor replays the encoder forward
-and a heads pass (≈ 9 ms), the driver's forward, min-norm solve and update (≈ 9 ms) and Σ aₜgₜ (≈ 4
-ms) do not shrink with K, and at T = 8 they are a quarter of a K = 2 step. Where the time went
-before shared memory (profiled, T = 16, K = 2, object store): ≈ 7-9 ms between an actor's last
-block written and the next call starting (a round trip through the driver), 16 ms forming the
-partial Gram from four block products, 4-5 ms per MB-sized array returned. Now: one call per step
-for rows and Gram (a pipe barrier among the actors), the partial Gram one product over a strided
-view (7 ms), nothing MB-sized returned through Ray. The prefetch of the next step's exchange
+At T = 16 the engine's default (``parameter/shm``) reached 0.86 here (0.87 "of medians"), and its
+two actors ran 1.08x faster than one process giving torch both cores. Seven runs that day gave
+0.86, 0.83, 0.87, 0.85, then (after the review mends, which an interleaved A/B measured 6-9% faster
+per step) 0.76, 0.79 and 0.84: median 0.84, so the 0.85 target is not reliably met on this shared
+host. In the low runs the host's second core was contended: the same runs measured torch's own 1 ->
+2 thread efficiency at 0.72-0.75 (0.80-0.87 in the others). At T = 8 it falls further short (0.72;
+0.77 in an earlier run; FLOP ceiling 0.89): each actor replays the encoder forward and a heads pass
+(≈ 9 ms), the driver's forward, min-norm solve and update (≈ 9 ms) and Σ aₜgₜ (≈ 4 ms) do not
+shrink with K, and at T = 8 they are a quarter of a K = 2 step. Where the time went before shared
+memory (profiled, T = 16, K = 2, object store): ≈ 7-9 ms between an actor's last block written and
+the next call starting (a round trip through the driver), 16 ms forming the partial Gram from four
+block products, 4-5 ms per MB-sized array returned. Now: one call per step for rows and Gram (a
+pipe barrier among the actors), the partial Gram one product over a strided view (7 ms), nothing
+MB-sized returned through Ray. The prefetch of the next step's exchange
 (``parameter/shm/no-prefetch`` against ``parameter/shm``, interleaved in one run, T = 16) made K =
 1 steps 5% and K = 2 steps 3-7% faster (245 against 259 ms, 139 against 144 ms) and leaves the
 efficiency where it was (0.87 / 0.88): it hides the driver's forward whatever K.
