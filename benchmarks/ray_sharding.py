@@ -113,7 +113,14 @@ import torch
 from _timing import seconds_per_call
 from mtlbench.datasets._models import MLPEncoder
 from mtlbench.harness.budget import Budget
-from mtlbench.harness.gradients import Batch, GradientEngine, get_engine
+from mtlbench.harness.gradients import (
+    Batch,
+    BatchedEngine,
+    GradientEngine,
+    StepState,
+    get_engine,
+    register_engine,
+)
 from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.tasks import TaskSet, TaskSpec
 from mtlbench.methods.min_norm import min_norm_weights
@@ -131,13 +138,19 @@ FLOAT_BYTES = 4
 TARGET_EFFICIENCY = 0.85  # the issue's target for speedup / K
 # (gram, transport) pairs timed: both Grams over node-local shared memory (the engine's choice on
 # one machine), and the parameter-shard Gram over Ray's object store (its choice across machines)
-VARIANTS = {  # name: (gram, transport, prefetch)
-    "parameter/shm": ("parameter", "shared_memory", True),
-    "gather/shm": ("gather", "shared_memory", True),
-    "parameter/store": ("parameter", "object_store", True),
-    "parameter/shm/no-prefetch": ("parameter", "shared_memory", False),
+# "driver/…": the engine's default on the CPU, the driver computes a share of the tasks itself, so
+# 2 workers are the driver and 1 actor, and 1 worker is the batched engine with 1 torch thread
+# (the tuned single-process baseline); the others: actors only, 1 vs 2 actors
+VARIANTS = {  # name: (gram, transport, prefetch, driver_share)
+    "driver/parameter/shm": ("parameter", "shared_memory", True, True),
+    "parameter/shm": ("parameter", "shared_memory", True, False),
+    "driver/gather/shm": ("gather", "shared_memory", True, True),
+    "gather/shm": ("gather", "shared_memory", True, False),
+    "driver/parameter/store": ("parameter", "object_store", True, True),
+    "parameter/store": ("parameter", "object_store", True, False),
+    "parameter/shm/no-prefetch": ("parameter", "shared_memory", False, False),
 }
-DEFAULT_VARIANTS = ["parameter/shm", "gather/shm", "parameter/store"]
+DEFAULT_VARIANTS = ["driver/parameter/shm", "parameter/shm"]
 Step = Callable[[], None]
 
 
@@ -160,6 +173,36 @@ def build_batch(batch_size: int, inputs: int, tasks: int, seed: int = 1) -> Batc
 def make_taskset(tasks: int) -> TaskSet:
     """T binary classification tasks t0 … t{T-1}."""
     return TaskSet([TaskSpec(f"t{t}", "classification", 2) for t in range(tasks)])
+
+
+# ---- the tuned single-process baseline -------------------------------------------------------
+class ReusedJacobianBatched(BatchedEngine):
+    """The ``batched`` engine writing the (T, P) Jacobian into one buffer kept across steps.
+
+    Why: ``batched`` allocates a fresh J every step (64 MB at T = 16 here), and the kernel
+    zeroes every fresh page; each worker of ``ray_sharded`` writes its rows into the arena
+    instead, whose pages stay mapped. Measured interleaved on the CI machine (T = 16, one torch
+    thread): 262 ms per step with a fresh J in chunks of 16 tasks, 235 with a reused J, 221 with
+    a reused J in chunks of 8 (per-chunk gradients under glibc's 32 MB mmap threshold are
+    recycled by malloc too). Timing the sharded engine against the plain engine would credit it
+    with that page zeroing, not with its parallelism. Safe here only: ``mgda_step`` lets go of
+    J within the step (a method that kept J across steps would see it overwritten).
+    """
+
+    name = "batched_reused_jacobian"
+    _buffer: Tensor | None = None
+
+    def _shared_jacobian(
+        self, state: StepState, z_grads: Tensor, out: Tensor | None = None
+    ) -> Tensor:
+        if out is None:
+            if self._buffer is None:
+                self._buffer = z_grads.new_empty(self.num_tasks, self.num_shared)
+            out = self._buffer
+        return super()._shared_jacobian(state, z_grads, out)
+
+
+register_engine(ReusedJacobianBatched.name, ReusedJacobianBatched)
 
 
 # ---- one configuration -----------------------------------------------------------------------
@@ -207,24 +250,28 @@ def prepare(
     torch.set_num_threads(1)
 
 
-def time_block(config: Config, steps: int) -> float:
-    """Mean wall-clock seconds per step over ``steps`` steps, with the config's driver threads.
+def time_block(config: Config, steps: int, untimed: int) -> float:
+    """Mean wall-clock seconds per step over ``steps`` steps, with the config's driver threads,
+    after ``untimed`` steps: the block starts where another configuration just ran, with cold
+    caches and idle actors, which a training run meets once, not every few steps.
 
     The Ray rows keep the driver at one torch thread: idle OpenMP workers of the driver spin for
     a while after each parallel region and would steal cycles from the two actor processes.
     """
     torch.set_num_threads(config.driver_threads)
+    for _ in range(untimed):
+        config.step()
     seconds = seconds_per_call(config.step, steps)
     torch.set_num_threads(1)
     return seconds
 
 
-def run_blocks(configs: list[Config], blocks: int, steps: int) -> None:
+def run_blocks(configs: list[Config], blocks: int, steps: int, untimed: int) -> None:
     """Interleaved timing: every block times each config once; order reversed every other block."""
     for block in range(blocks):
         order = configs if block % 2 == 0 else configs[::-1]
         for config in order:
-            config.times.append(time_block(config, steps))
+            config.times.append(time_block(config, steps, untimed))
 
 
 # ---- reporting -------------------------------------------------------------------------------
@@ -244,48 +291,73 @@ def spread(values: list[float]) -> str:
 
 
 def expected_bytes(
-    strategy: str, actors: int, tasks: int, shared: int, everything: int, batch_numbers: int
+    strategy: str,
+    actors: int,
+    tasks: int,
+    shared: int,
+    everything: int,
+    batch_numbers: int,
+    driver_share: bool,
 ) -> dict[str, float]:
     """Bytes per step by kind as the formulas of ``cluster/sharded.py`` state them (float32).
 
-    shared: P; everything: P_all (parameters and buffers); batch_numbers: B·(D_in + T).
+    shared: P; everything: P_all (parameters and buffers); batch_numbers: B·(D_in + T). With the
+    driver's share, W = K + 1 workers, and the driver's T/W rows and P/W columns stay with it.
     """
+    workers = actors + driver_share
+    own = 1 / workers if driver_share else 0.0  # the driver's fraction of the rows and columns
     rng_bytes = torch.get_rng_state().numel()  # 5056 bytes of CPU generator state (uint8)
     common = {
         "parameters": actors * everything * FLOAT_BYTES,
         "batch": actors * batch_numbers * FLOAT_BYTES,
         "rng": actors * rng_bytes,
     }
-    if strategy.startswith("gather"):
-        return {**common, "jacobian_rows": tasks * shared * FLOAT_BYTES}
+    if "gather" in strategy:
+        return {**common, "jacobian_rows": (1 - own) * tasks * shared * FLOAT_BYTES}
     per_strategy = {
-        "reshard": (actors - 1) / actors * tasks * shared * FLOAT_BYTES,
+        "reshard": (workers - 1) / workers * tasks * shared * FLOAT_BYTES,
         "gram_blocks": actors * tasks**2 * FLOAT_BYTES,
         "weights": actors * tasks * FLOAT_BYTES,
-        "direction": shared * FLOAT_BYTES,
+        "direction": (1 - own) * shared * FLOAT_BYTES,
     }
     return {**common, **{k: v for k, v in per_strategy.items() if v}}
 
 
-def flop_ceiling(engine: GradientEngine, tasks: int, batch_size: int, actors: int = 2) -> float:
-    """Upper bound on the speedup t(K=1) / t(K=actors) from FLOP counts alone (free wire, free Ray).
+def flop_ceiling(
+    engine: GradientEngine, tasks: int, batch_size: int, driver_share: bool, workers: int = 2
+) -> float:
+    """Upper bound on the speedup t(1 worker) / t(2 workers) from FLOP counts alone (free wire,
+    free Ray, no overlap of the driver's forward with the actors' work).
 
-    The driver's forward (encoder + heads) runs before the actors start; every actor replays the
-    encoder forward and makes one per-task heads pass (forward + backward: the heads here have
-    ``forward_per_task``); only the encoder backwards, one per task, are split. So
-    speedup <= (F + R + T·bwd) / (F + R + ceil(T/K)·bwd), F the driver's forward, R an actor's
-    fixed work, below K however fast the wire is.
+    Every worker runs the encoder forward (the driver its own, an actor a replay) and one
+    per-task heads pass (forward + backward: the heads here have ``forward_per_task``); only
+    the encoder backwards, one per task, are split. Actors only: the driver's forward F comes
+    on top of the actors' replays R, in both configurations, so speedup <= (F + R + T·bwd) /
+    (F + R + ceil(T/W)·bwd). With the driver's share, 1 worker is the batched engine in one
+    process (F + T·bwd) and each of the 2 pays F once: (F + T·bwd) / (F + ceil(T/W)·bwd).
     """
     costs = engine.costs
-    driver = costs.flops("encoder_forward", batch_size) + costs.flops("heads_forward", batch_size)
-    replay = driver + costs.flops("heads_backward_input", batch_size)
+    forward = costs.flops("encoder_forward", batch_size) + costs.flops("heads_forward", batch_size)
+    worker = forward + costs.flops("heads_backward_input", batch_size)
     backward = costs.flops("encoder_backward", batch_size)
-    largest_share = -(-tasks // actors)
-    fixed = driver + replay
+    largest_share = -(-tasks // workers)
+    fixed = worker if driver_share else forward + worker
     return (fixed + tasks * backward) / (fixed + largest_share * backward)
 
 
-Labels = list[tuple[str, str, str]]  # (gram/transport, label of K=1 config, label of K=2 config)
+Labels = list[tuple[str, str, str]]  # (variant, label of its 1-worker config, of its 2-worker one)
+
+
+def shares(strategy: str) -> bool:
+    """Whether the variant's driver computes a share of the tasks (see ``VARIANTS``)."""
+    return VARIANTS[strategy][3]
+
+
+def pair_label(strategy: str) -> str:
+    """What 1 and 2 workers are in the variant."""
+    if shares(strategy):
+        return f"{strategy}: batched 1 thr / driver+1 actor"
+    return f"{strategy}: 1 / 2 actors"
 
 
 def print_step_times(configs: dict[str, Config]) -> None:
@@ -306,7 +378,7 @@ def print_speedups(
     to the first shows how much the machine's noise moves the answer.
     """
     header = f"{'speedup':>10}{'efficiency':>12}{'of medians':>12}{'blocks min-max':>18}"
-    print(f"\n  {'1 vs 2 workers':<44}{header}")
+    print(f"\n  {'1 vs 2 workers':<50}{header}")
     pairs = {strategy: (one, two) for strategy, one, two in actor_labels}
     pairs["batched"] = ("batched-1", "batched-2")
     efficiencies = {}
@@ -314,31 +386,32 @@ def print_speedups(
         ratios = block_ratios(configs[one], configs[two])
         speedup = statistics.median(ratios)
         efficiencies[strategy] = speedup / 2
-        label = (
-            "batched, 1/2 torch threads"
-            if strategy == "batched"
-            else (f"ray_sharded {strategy}, K=1/K=2")
-        )
+        label = "batched: 1 / 2 torch threads" if strategy == "batched" else pair_label(strategy)
         of_medians = statistics.median(configs[one].times) / statistics.median(configs[two].times)
         row = f"{speedup:10.2f}{speedup / 2:12.2f}{of_medians / 2:12.2f}{spread(ratios):>18}"
-        print(f"  {label:<44}{row}")
-    ceiling = flop_ceiling(configs[actor_labels[0][1]].engine, tasks, batch_size)
-    print(f"  {'ceiling from FLOPs (serial forward)':<44}{ceiling:10.2f}{ceiling / 2:12.2f}")
+        print(f"  {label:<50}{row}")
+    engine = configs["batched-1"].engine
+    for driver_share in sorted({shares(strategy) for strategy, _, _ in actor_labels}):
+        ceiling = flop_ceiling(engine, tasks, batch_size, driver_share)
+        text = "ceiling from FLOPs, " + ("driver's share" if driver_share else "actors only")
+        print(f"  {text:<50}{ceiling:10.2f}{ceiling / 2:12.2f}")
     del efficiencies["batched"]
     return efficiencies
 
 
 def print_against_local(configs: dict[str, Config], actor_labels: Labels) -> None:
     """Time ratios local / Ray, same block: > 1 where the Ray configuration is faster."""
-    print(f"\n  {'time ratio (> 1: the Ray row is faster)':<46}{'median':>8}{'blocks min-max':>18}")
+    print(f"\n  {'time ratio (> 1: the Ray row is faster)':<50}{'median':>8}{'blocks min-max':>18}")
     for strategy, one, two in actor_labels:
-        for local, ray_label, text in (
-            ("loop-1", one, f"loop 1 thread / ray K=1 {strategy}"),
-            ("batched-1", one, f"batched 1 thread / ray K=1 {strategy}"),
-            ("batched-2", two, f"batched 2 threads / ray K=2 {strategy}"),
-        ):
+        rows = [("batched-2", two, f"batched 2 threads / {strategy} 2 workers")]
+        if not shares(strategy):  # its 1-worker row is an actor, not the batched engine
+            rows[:0] = [
+                ("loop-1", one, f"loop 1 thread / {strategy} 1 actor"),
+                ("batched-1", one, f"batched 1 thread / {strategy} 1 actor"),
+            ]
+        for local, ray_label, text in rows:
             ratios = block_ratios(configs[local], configs[ray_label])
-            print(f"  {text:<46}{statistics.median(ratios):8.2f}{spread(ratios):>18}")
+            print(f"  {text:<50}{statistics.median(ratios):8.2f}{spread(ratios):>18}")
 
 
 def print_verdicts(
@@ -355,9 +428,9 @@ def print_verdicts(
     ratio = median_ratio(batched_2, configs[best[2]])
     winner = "sharding wins" if ratio > 1 else "simply giving torch both cores wins"
     print(
-        f"  2 actors (best: {best[0]}) run at {ratio:.2f}x the speed of one process with 2 "
-        f"torch threads: {winner} here.\n  The actors run the batched engine's VJPs on their "
-        "tasks: 'batched 1 thread / ray K=1' is the cost of Ray itself."
+        f"  2 workers (best: {best[0]}) run at {ratio:.2f}x the speed of one process with 2 "
+        f"torch threads: {winner} here.\n  Every worker runs the batched engine's VJPs on its "
+        "tasks: 'batched 1 thread / … 1 actor' is the cost of Ray itself."
     )
 
 
@@ -375,23 +448,25 @@ def print_bytes(
     all_agree = True
     for strategy, one, two in actor_labels:
         header = f"{'kind':<15}{'K':>3}{'measured B':>14}{'formula B':>14}  check"
-        print(f"\n  {strategy:<17}{header}")
-        for label in (one, two):
+        print(f"\n  {strategy:<24}{header}")
+        for label in (two,) if shares(strategy) else (one, two):
             engine = configs[label].engine
             actors = engine.num_actors
             shared = engine.num_shared
             everything = sum(t.numel() for t in engine.model.state_dict().values())
             measured = engine.stats.bytes_per_step()
-            formula = expected_bytes(strategy, actors, tasks, shared, everything, batch_numbers)
+            formula = expected_bytes(
+                strategy, actors, tasks, shared, everything, batch_numbers, shares(strategy)
+            )
             for kind in sorted(set(measured) | set(formula)):
                 got, want = measured.get(kind, 0.0), formula.get(kind, 0.0)
                 check = byte_check(got, want)
                 all_agree &= check != "DIFFERS"
                 row = f"{kind:<15}{actors:>3}{got:14,.0f}{want:14,.0f}  {check}"
-                print(f"  {'':<17}{row}")
+                print(f"  {'':<24}{row}")
             total, total_formula = sum(measured.values()), sum(formula.values())
             row = f"{'total':<15}{actors:>3}{total:14,.0f}{total_formula:14,.0f}"
-            print(f"  {'':<17}{row}")
+            print(f"  {'':<24}{row}")
     return all_agree
 
 
@@ -404,31 +479,47 @@ def print_gram_check(configs: dict[str, Config]) -> None:
 
 
 # ---- main ------------------------------------------------------------------------------------
-def make_configs(tasks: int, variants: list[str]) -> tuple[dict[str, Config], Labels]:
-    """Two Ray configurations (K = 1, 2) per variant ('gram/transport'), three local ones."""
+def make_configs(
+    tasks: int, variants: list[str], chunk_one: int, chunk_two: int
+) -> tuple[dict[str, Config], Labels]:
+    """Per variant, its Ray configurations (1 and 2 actors; or, with the driver's share, the
+    driver and 1 actor, its 1-worker counterpart being ``batched-1``), and four local ones.
+
+    chunk_one / chunk_two: tasks per batched VJP where one process computes all T tasks / where
+    two processes (or two torch threads) share the work (see ``--chunk-one``).
+    """
     configs: dict[str, Config] = {}
     actor_labels = []
     for strategy in variants:
-        gram, transport, prefetch = VARIANTS[strategy]
-        labels = []
-        for actors in (1, 2):
+        gram, transport, prefetch, driver_share = VARIANTS[strategy]
+        labels = ["batched-1"] if driver_share else []
+        for actors in (1,) if driver_share else (1, 2):
             label = f"ray-{strategy}-{actors}"
             options = {
                 "actors": actors,
                 "gram": gram,
                 "transport": transport,
                 "prefetch": prefetch,
+                "driver_share": driver_share,
                 "cpus_per_actor": CPUS_PER_ACTOR,
                 "threads_per_actor": THREADS_PER_ACTOR,
+                "chunk_size": chunk_one if actors + driver_share == 1 else chunk_two,
             }
             name = f"ray_sharded {strategy} K={actors}"
             configs[label] = Config(name, "ray_sharded", 1, options)
             labels.append(label)
         actor_labels.append((strategy, *labels))
     configs["loop-1"] = Config("loop, 1 torch thread", "loop", 1)
-    for threads in (1, 2):
+    configs["batched-fresh-1"] = Config(
+        "batched (fresh J), 1 thread", "batched", 1, {"chunk_size": tasks}
+    )
+    # the tuned baseline: J reused, the chunk size measured best
+    for threads, chunk in ((1, chunk_one), (2, chunk_two)):
         configs[f"batched-{threads}"] = Config(
-            f"batched, {threads} torch thread(s)", "batched", threads, {"chunk_size": tasks}
+            f"batched, {threads} torch thread(s)",
+            ReusedJacobianBatched.name,
+            threads,
+            {"chunk_size": chunk},
         )
     return configs, actor_labels
 
@@ -444,6 +535,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration")
     parser.add_argument(
+        "--untimed", type=int, default=1, help="untimed steps at the start of every block"
+    )
+    parser.add_argument(
         "--object-store-mb",
         type=int,
         default=512,
@@ -455,6 +549,18 @@ def parse_args() -> argparse.Namespace:
         help=f"comma-separated subset of {', '.join(VARIANTS)} (every variant's actors stay up "
         "for the whole run, and idle actors still wake up: fewer variants, less noise)",
     )
+    parser.add_argument(
+        "--chunk-one",
+        type=int,
+        default=4,
+        help="tasks per batched VJP in a process that computes all T tasks (see 'Chunks')",
+    )
+    parser.add_argument(
+        "--chunk-two",
+        type=int,
+        default=2,
+        help="tasks per batched VJP where two workers or two torch threads share the work",
+    )
     parser.add_argument("--quick", action="store_true", help="≈ 30 s smoke run (smaller, fewer)")
     args = parser.parse_args()
     if args.tasks < 2:
@@ -465,7 +571,7 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     if args.quick:
         args.hidden, args.batch_size = min(args.hidden, 384), min(args.batch_size, 128)
-        args.blocks, args.steps, args.warmup = 3, 2, 1
+        args.blocks, args.steps, args.warmup, args.untimed = 3, 2, 1, 0
     return args
 
 
@@ -495,10 +601,12 @@ def main() -> None:
             f"object store {args.object_store_mb or 'default'} MB; "
             f"torch {torch.__version__}; median of {args.blocks} blocks × {args.steps} steps"
         )
-        configs, actor_labels = make_configs(args.tasks, args.variants)
+        configs, actor_labels = make_configs(
+            args.tasks, args.variants, args.chunk_one, args.chunk_two
+        )
         for config in configs.values():
             prepare(config, initial, taskset, batch, args.warmup)
-        run_blocks(list(configs.values()), args.blocks, args.steps)
+        run_blocks(list(configs.values()), args.blocks, args.steps, args.untimed)
         print_step_times(configs)
         efficiencies = print_speedups(configs, actor_labels, args.tasks, args.batch_size)
         print_against_local(configs, actor_labels)

@@ -28,6 +28,7 @@ import shutil
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -190,7 +191,7 @@ class NodeBarrier:
 
     def __init__(self, paths: tuple[str, ...], rank: int | None):
         """paths: one FIFO per member (an arena layout's ``barrier_paths``); rank: this member,
-        or None for the driver."""
+        or None for a driver that only aborts (it computes no share of its own)."""
         # O_RDWR: opening never blocks, and the pipe keeps a reader while its member is replaced
         self._own = os.open(paths[rank], os.O_RDWR | os.O_NONBLOCK) if rank is not None else None
         self._peers = [
@@ -204,15 +205,31 @@ class NodeBarrier:
         for fd in self._peers:
             os.write(fd, message)
 
-    def arrive_and_wait(self, exchange_id: int, timeout_s: float) -> None:
-        """Tell every peer this member is done with ``exchange_id``; wait until all peers are."""
+    def arrive_and_wait(
+        self,
+        exchange_id: int,
+        timeout_s: float,
+        check: Callable[[], None] | None = None,
+        check_every_s: float = 0.2,
+    ) -> None:
+        """Tell every peer this member is done with ``exchange_id``; wait until all peers are.
+
+        check: called every ``check_every_s`` seconds while waiting; it raises to stop waiting
+        (the driver, a member when it computes a share itself, checks that no actor died:
+        nobody else would release it).
+        """
         self._post(exchange_id)
         needed, pending = len(self._peers), b""
         deadline = time.monotonic() + timeout_s
         while needed:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self._own], [], [], remaining)[0]:
+            if remaining <= 0:
                 raise TimeoutError(f"barrier: peers did not arrive within {timeout_s:.0f} s")
+            wait_s = remaining if check is None else min(remaining, check_every_s)
+            if not select.select([self._own], [], [], wait_s)[0]:
+                if check is not None:
+                    check()
+                continue
             try:
                 pending += os.read(self._own, 4096)
             except BlockingIOError:

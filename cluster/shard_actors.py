@@ -25,6 +25,7 @@ ACTOR_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 # An actor waits this long at the barrier for its peers' rows before it gives up; the driver
 # releases it at once when a peer fails, so only a hung peer reaches it.
 BARRIER_TIMEOUT_S = 3600.0
+CONTROL = "control"  # the actors' concurrency group for calls that must not queue behind work
 
 
 # ---- what a replay needs and what crosses the wire -----------------------------------------
@@ -80,12 +81,28 @@ def block_gram(pieces: list[Tensor]) -> Tensor:
     return gram
 
 
+def combine_pieces(pieces: list[Tensor], weights: Tensor, out: Tensor) -> Tensor:
+    """Σ_t weights_t x_t into ``out`` (N,), for x the row-wise concatenation of ``pieces``
+    (n_i, N) (one parameter shard of every worker's rows), without forming x."""
+    weights = weights.to(pieces[0].dtype)
+    offset = 0
+    for index, piece in enumerate(pieces):
+        coefficients = weights[offset : offset + piece.shape[0]]
+        offset += piece.shape[0]
+        if index == 0:
+            torch.mv(piece.T, coefficients, out=out)
+        else:
+            out.addmv_(piece.T, coefficients)
+    return out
+
+
 # ---- the actor -------------------------------------------------------------------------------
-class _ReplicaVJP(BatchedEngine):
-    """The ``batched`` engine's per-task VJPs, run on an actor's replica for its own tasks only.
+class ReplicaVJP(BatchedEngine):
+    """The ``batched`` engine's per-task VJPs restricted to one worker's share of the tasks: an
+    actor's, on its replica, or the driver's own share, on the driver's model and graph.
 
     Not an engine the harness sees: no calibration and no budget (the driver charges every pass
-    the actors make, see ``RayShardedEngine._jacobian_charges``).
+    the workers make, see ``RayShardedEngine._jacobian_charges``).
     """
 
     def __init__(self, model: MultiTaskModel, taskset: TaskSet, tasks: list[int], chunk_size: int):
@@ -142,7 +159,7 @@ class ShardWorker:
         self.tasks = tasks
         self.rank = rank
         self.column_bounds = column_bounds
-        self.vjp = _ReplicaVJP(self.model, taskset, tasks, chunk_size)
+        self.vjp = ReplicaVJP(self.model, taskset, tasks, chunk_size)
         self.version = -1
         self.token = -1
         self.rows_held: Tensor | None = None  # (n_k, P) this actor's tasks, all shared params
@@ -155,9 +172,14 @@ class ShardWorker:
         self.received: dict[str, int] = {"parameters": 0, "reshard": 0}
         self.barrier: NodeBarrier | None = None  # and the barrier among the actors
 
+    # Answered on their own thread (concurrency group "control") even while the actor works:
+    # an actor waits at the barrier for the driver's rows, so a driver that asked it for its pid
+    # in the meantime (a liveness check, a test) would otherwise never be answered.
+    @ray.method(concurrency_group=CONTROL)
     def pid(self) -> int:
         return os.getpid()
 
+    @ray.method(concurrency_group=CONTROL)
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
@@ -191,6 +213,7 @@ class ShardWorker:
         self.received["parameters"] += sum(t.numel() * t.element_size() for t in state.values())
         self.version = version
 
+    @ray.method(concurrency_group=CONTROL)
     def received_bytes(self) -> dict[str, int]:
         return dict(self.received)
 
@@ -280,7 +303,6 @@ class ShardWorker:
         written into the arena's direction (P,) at this actor's columns."""
         if token != self.token or self.pieces is None:
             raise RuntimeError(f"combine: step {token} is not resident (holding {self.token})")
-        weights_tensor = as_tensor(weights, self.device).to(self.pieces[0].dtype)
         start, stop = self.column_bounds[self.rank], self.column_bounds[self.rank + 1]
         shared = self.arena is not None
         out = (
@@ -288,14 +310,7 @@ class ShardWorker:
             if shared
             else self.pieces[0].new_empty(stop - start)
         )
-        offset = 0
-        for index, piece in enumerate(self.pieces):
-            coefficients = weights_tensor[offset : offset + piece.shape[0]]
-            offset += piece.shape[0]
-            if index == 0:
-                torch.mv(piece.T, coefficients, out=out)
-            else:
-                out.addmv_(piece.T, coefficients)
+        combine_pieces(self.pieces, as_tensor(weights, self.device), out)
         return None if shared else out.cpu().numpy()
 
     def column_shard(self, token: int) -> np.ndarray:
@@ -318,7 +333,7 @@ class ShardWorker:
         return self.vjp.own_representation_grads(state).cpu().numpy()
 
 
-_RemoteShardWorker = ray.remote(ShardWorker)
+_RemoteShardWorker = ray.remote(concurrency_groups={CONTROL: 1})(ShardWorker)
 
 
 # ---- the pool of actors ----------------------------------------------------------------------
@@ -336,15 +351,20 @@ class ShardPool:
         threads_per_actor: int,
         ready_timeout_s: float,
         chunk_size: int = 64,
+        first_rank: int = 0,
     ):
+        """task_shards, column_bounds: every worker's tasks and the (W+1,) parameter-shard
+        offsets; the actors are workers ``first_rank`` … W−1 (rank 0 is the driver's own share
+        when ``first_rank`` is 1), so actor i works as rank ``first_rank + i``."""
         self.chunk_size = chunk_size
+        self.first_rank = first_rank
         self.model_ref = ray.put(copy.deepcopy(model).cpu())
         self.taskset = taskset
         self.task_shards = task_shards
         self.column_bounds = column_bounds
         self.cpus, self.gpus, self.threads = cpus_per_actor, gpus_per_actor, threads_per_actor
         self.ready_timeout_s = ready_timeout_s
-        self.actors = [self._spawn(rank) for rank in range(len(task_shards))]
+        self.actors = [self._spawn(index) for index in range(len(task_shards) - first_rank)]
         self.versions = [-1] * len(self.actors)
         self.layout: ArenaLayout | None = None  # shared_memory transport: mapped by every actor
         self._wait_ready(list(range(len(self.actors))))
@@ -354,18 +374,19 @@ class ShardPool:
         here = ray.get_runtime_context().get_node_id()
         return all(node == here for node in ray.get([a.node_id.remote() for a in self.actors]))
 
-    def attach(self, layout: ArenaLayout | None, ranks: list[int] | None = None) -> bool:
-        """Have the actors (all, or ``ranks``) map the driver's arena; None: all stop using one.
-        False (and no arena kept) when one of them cannot map it."""
-        chosen = range(len(self.actors)) if ranks is None or layout is None else ranks
-        mapped = all(ray.get([self.actors[rank].attach.remote(layout) for rank in chosen]))
+    def attach(self, layout: ArenaLayout | None, indices: list[int] | None = None) -> bool:
+        """Have the actors (all, or those at ``indices``) map the driver's arena; None: all stop
+        using one. False (and no arena kept) when one of them cannot map it."""
+        chosen = range(len(self.actors)) if indices is None or layout is None else indices
+        mapped = all(ray.get([self.actors[index].attach.remote(layout) for index in chosen]))
         if not mapped:
             ray.get([actor.attach.remote(None) for actor in self.actors])
             layout = None
         self.layout = layout
         return mapped
 
-    def _spawn(self, rank: int):
+    def _spawn(self, index: int):
+        rank = self.first_rank + index
         return _RemoteShardWorker.options(
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0
         ).remote(
@@ -379,8 +400,8 @@ class ShardPool:
             self.chunk_size,
         )
 
-    def _wait_ready(self, ranks: list[int]) -> None:
-        pending = [self.actors[rank].pid.remote() for rank in ranks]
+    def _wait_ready(self, indices: list[int]) -> None:
+        pending = [self.actors[index].pid.remote() for index in indices]
         ready, _ = ray.wait(pending, num_returns=len(pending), timeout=self.ready_timeout_s)
         if len(ready) < len(pending):
             free = ray.available_resources()
@@ -398,15 +419,15 @@ class ShardPool:
     def replace_dead(self) -> int:
         """Replace every actor that no longer answers; returns how many were replaced."""
         dead = []
-        for rank, actor in enumerate(self.actors):
+        for index, actor in enumerate(self.actors):
             try:
                 ray.get(actor.pid.remote(), timeout=30)
             except (*ACTOR_FAILURES, ray.exceptions.GetTimeoutError):
-                dead.append(rank)
-        for rank in dead:
-            ray.kill(self.actors[rank], no_restart=True)
-            self.actors[rank] = self._spawn(rank)
-            self.versions[rank] = -1
+                dead.append(index)
+        for index in dead:
+            ray.kill(self.actors[index], no_restart=True)
+            self.actors[index] = self._spawn(index)
+            self.versions[index] = -1
         if dead:
             self._wait_ready(dead)
             # a replacement on another machine drops the shared memory: back to the store

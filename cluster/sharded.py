@@ -11,6 +11,16 @@ J from batched encoder VJPs (``is_grads_batched``, ``chunk_size`` tasks at a tim
 themselves (``ShardWorker``, and the ``ShardPool`` that starts and replaces them) live in
 ``cluster/shard_actors.py``; this module is the driver's side.
 
+Driver's share (option ``driver_share``): the driver is a worker too. It computes rank 0's share
+of the tasks with the same code, from its own forward's graph, while the K actors (ranks 1 … K)
+compute theirs: W = K + 1 workers. Its share needs no replayed forward, and its device does not
+sit idle while the actors work. Default (none): on when the driver's device is of the actors'
+kind (a CPU driver with CPU actors, a GPU driver with GPU actors); a CPU driver beside GPU actors
+would be every step's straggler. Measured (``benchmarks/ray_sharding.py``, T = 16, 2-core CI
+machine, interleaved): the driver and 1 actor take 127 ms per step where 2 actors alone take 141
+(the driver's forward no longer competes with two actors for two cores, and one forward fewer
+is replayed). On the CPU the default K is then 1 (2 workers on 2 cores).
+
 Replicas are kept identical to the driver by *receiving the parameters* (and buffers) whenever
 they changed, once per step (written once by the driver, read by every actor; see "Transport"). The
 alternative the design card names, every actor applying the same update, would need the update
@@ -24,7 +34,8 @@ Transport (option ``transport``): what crosses between processes goes either thr
 object store (``object_store``: works across machines) or through one node-local shared-memory
 arena that the driver creates and every actor maps (``shared_memory``, ``cluster/node_shared.py``:
 the parameters, the (T, P) exchange of Jacobian rows, the (P,) direction), with a barrier of
-named pipes among the actors. ``auto`` (default) takes shared memory when every actor runs on
+named pipes among the workers (the driver is one when it shares, and watches the actors while
+it waits: a dead one would hold it there). ``auto`` (default) takes shared memory when every actor runs on
 the driver's machine, on the CPU, and ``/dev/shm`` has room for T·P + P + P_all numbers; else the
 object store. Why: on one machine the object store costs a fresh sealed object per block and a
 round trip through the driver between "rows written" and "Gram formed"; measured on the 2-core CI
@@ -43,20 +54,21 @@ charged when asked for; one that is never asked for is dropped uncharged
 (``stats.prefetch_dropped``), and at most one exchange is ever in flight.
 
 How the Gram matrix ``G = J Jᵀ`` (T×T) is assembled, with J (T×P) in task shards (option
-``gram``), bytes per step (float32, K actors, P shared parameters, P_all all parameters and
-buffers, T tasks, B samples, D representation width)::
+``gram``), bytes per step (float32, K actors, W workers (K, or K + 1 with the driver's share),
+P shared parameters, P_all all parameters and buffers, T tasks, B samples, D representation
+width; with the driver's share, its T/W rows and P/W columns never cross)::
 
     both     parameters P_all·4·K (when they changed), batch ·K, RNG state 5 KB·K
-    gather   rows to the driver: T·P·4. The driver forms J Jᵀ and keeps J, so Σ aₜgₜ costs
-             no more bytes.
-    parameter  all-to-all by parameter shard: actor k sends J[its tasks, shard l] to actor l,
-             (K−1)/K·T·P·4 in all; each actor returns its T×T partial Gram (K·T²·4); after the
-             solver, a (K·T·4 out) and each actor's slice of Σ aₜgₜ (P·4 back in all).
+    gather   rows to the driver: T·P·4 (less the driver's own rows). The driver forms J Jᵀ and
+             keeps J, so Σ aₜgₜ costs no more bytes.
+    parameter  all-to-all by parameter shard: worker k sends J[its tasks, shard l] to worker l,
+             (W−1)/W·T·P·4 in all; each actor returns its T×T partial Gram (K·T²·4); after the
+             solver, a (K·T·4 out) and each actor's slice of Σ aₜgₜ (P·4 back in all, less
+             the driver's own slice).
 
-``parameter`` moves (K−1)/K·T·P + P + K·T² numbers against ``gather``'s T·P: fewer from K ≤ T−1
-on (for K = 2, T = 8: 0.625·T·P against T·P), and the driver never holds the T×P Jacobian (its
-memory stays at the size of one gradient); the sum of the K partial Grams differs from J Jᵀ by
-rounding only. So ``parameter`` is the default; ``gather`` is kept for methods that need J itself.
+``parameter`` moves (W−1)/W·T·P + P + K·T² numbers against ``gather``'s T·P: fewer from W ≤ T−1
+on (for W = 2, T = 8: 0.625·T·P against T·P), and the driver never gathers the T×P Jacobian (it
+holds its own rows at most); the sum of the W partial Grams differs from J Jᵀ by rounding only. So ``parameter`` is the default; ``gather`` is kept for methods that need J itself.
 A task-sharded all-gather among the actors instead (each needs every row to form its Gram
 blocks) would move (K−1)·T·P. An actor never concatenates its column shard: it forms its partial
 Gram and its slice of Σ aₜgₜ block by block from its own rows (a view) and the blocks received.
@@ -83,8 +95,10 @@ shared memory the driver first releases the survivors waiting at the barrier for
 replacement maps the same arena (if it lands on another machine, the engine goes back to the
 object store for the rest of the run).
 
-Options (suite ``engine_options``): ``actors`` K (default: ``MTLBENCH_RAY_ACTORS``, else the
-cluster's GPUs when ``gpus_per_actor`` > 0, else 2; at most T), ``gram`` (``parameter`` |
+Options (suite ``engine_options``): ``actors`` K (default: ``MTLBENCH_RAY_ACTORS``, else one
+per device besides the driver's share: the cluster's GPUs when ``gpus_per_actor`` > 0, else 2,
+less 1 when the driver shares; at most T, or T − 1 when the driver shares), ``driver_share``
+(true | false; default: see above), ``gram`` (``parameter`` |
 ``gather``), ``transport`` (``auto`` | ``shared_memory`` | ``object_store``), ``cpus_per_actor``
 (1), ``gpus_per_actor`` (0), ``threads_per_actor`` (torch threads; default ``cpus_per_actor``
 rounded, at least 1), ``chunk_size`` (tasks per batched VJP on an actor, 64: lower it when an
@@ -107,8 +121,12 @@ from mtlbench.cluster._ray_setup import connect
 from mtlbench.cluster.node_shared import NodeBarrier, SharedArena
 from mtlbench.cluster.shard_actors import (
     ACTOR_FAILURES,
+    BARRIER_TIMEOUT_S,
+    ReplicaVJP,
     ShardPool,
     as_tensor,
+    block_gram,
+    combine_pieces,
     nbytes_of,
     per_task_heads,
     rng_state,
@@ -165,7 +183,25 @@ class _Replay:
     per_task_heads: bool  # the actors' z-gradients come from one per-task heads pass
     step_ref: Any = None  # (ObjectRef of {inputs, targets, rng}, batch bytes, rng bytes): put once
     gram: Tensor | None = None  # the step's Gram, once formed
-    in_flight: tuple[list[Any], int | None] | None = None  # prefetched exchange: (refs, barrier id)
+    in_flight: _Exchange | None = None  # the step's exchange, launched before it was asked for
+
+
+@dataclass
+class _Exchange:
+    """A parameter-shard exchange the actors were asked for.
+
+    calls: refs of the actors' partial Grams (T, T); None while they wait for the driver's own
+    blocks (object store, driver's share). exchange_id: the barrier id (shared memory), else
+    None. blocks: the actors' outgoing blocks, ``blocks[i][rank]`` (object store), else None.
+    """
+
+    calls: list[Any] | None
+    exchange_id: int | None = None
+    blocks: list[list[Any]] | None = None
+
+    def refs(self) -> list[Any]:
+        """Everything the actors are still working on."""
+        return self.calls if self.calls is not None else [r for b in self.blocks for r in b if r]
 
 
 class RayShardedEngine(GradientEngine):
@@ -191,6 +227,7 @@ class RayShardedEngine(GradientEngine):
         ready_timeout_s: float = 120.0,
         transport: Literal["auto", "shared_memory", "object_store"] = "auto",
         prefetch: bool = True,
+        driver_share: bool | None = None,
     ):
         if gram not in ("parameter", "gather"):
             raise ValueError(f"engine_options.gram: expected 'parameter' or 'gather', got {gram!r}")
@@ -207,6 +244,11 @@ class RayShardedEngine(GradientEngine):
             raise ValueError("engine_options.cpus_per_actor / gpus_per_actor: must be >= 0")
         if chunk_size < 1:
             raise ValueError(f"engine_options.chunk_size: must be >= 1, got {chunk_size}")
+        if driver_share not in (None, True, False):
+            raise ValueError(
+                f"engine_options.driver_share: expected true, false or none (auto), "
+                f"got {driver_share!r}"
+            )
         super().__init__(model, taskset, budget, calibration)
         requested = actors or int(os.environ.get(ACTORS_ENV, "0") or 0)
         if requested < 0 or (actors is not None and actors < 1):
@@ -233,6 +275,10 @@ class RayShardedEngine(GradientEngine):
         self.device = next(model.parameters()).device
         self.stats = TransferStats()
         self.num_actors = 0
+        self.requested_driver_share = driver_share
+        self.driver_share = 0  # 1 when the driver computes rank 0's share (see the module notes)
+        self._own: ReplicaVJP | None = None  # the driver's share of the VJPs
+        self._own_pieces: list[Tensor] = []  # the driver's column shard of the resident step
         self.task_shards: list[list[int]] = []
         self.column_bounds: list[int] = []
         self._pool: ShardPool | None = None
@@ -251,19 +297,24 @@ class RayShardedEngine(GradientEngine):
         if self._pool is None:
             connect()
             cpus, gpus, threads = self.actor_resources
+            share = self.driver_share = int(self._driver_shares())
             requested = self.requested_actors
-            if not requested:
-                cluster_gpus = int(ray.cluster_resources().get("GPU", 0)) if gpus > 0 else 0
-                requested = max(cluster_gpus, 2)
-            self.num_actors = min(requested, self.num_tasks)
+            if not requested:  # one worker per device (or per CPU), the driver's included
+                cluster_gpus = int(ray.cluster_resources().get("GPU", 0)) if gpus > 0 else 2
+                requested = max(cluster_gpus - share, 1)
+            self.num_actors = max(min(requested, self.num_tasks - share), 1)
+            workers = self.num_actors + share
             self.task_shards = [
                 [int(t) for t in shard]
-                for shard in np.array_split(np.arange(self.num_tasks), self.num_actors)
+                for shard in np.array_split(np.arange(self.num_tasks), workers)
             ]
             self.column_bounds = [
-                int(b)
-                for b in np.linspace(0, self.num_shared, self.num_actors + 1).round().astype(int)
+                int(b) for b in np.linspace(0, self.num_shared, workers + 1).round().astype(int)
             ]
+            if share:
+                self._own = ReplicaVJP(
+                    self.model, self.taskset, self.task_shards[0], self.chunk_size
+                )
             self._pool = ShardPool(
                 self.model,
                 self.taskset,
@@ -274,9 +325,24 @@ class RayShardedEngine(GradientEngine):
                 threads,
                 self.ready_timeout_s,
                 self.chunk_size,
+                first_rank=share,
             )
             self._open_arena()
         return self._pool
+
+    def _driver_shares(self) -> bool:
+        """Whether the driver computes a share of the tasks itself: as asked, else (auto) when
+        its device is of the actors' kind (a CPU driver beside GPU actors would be the slowest
+        worker of every step)."""
+        if self.requested_driver_share is not None:
+            return self.requested_driver_share
+        return (self.actor_resources[1] > 0) == (self.device.type == "cuda")
+
+    @property
+    def workers(self) -> int:
+        """W: the processes that compute a share of the tasks (the actors, and the driver when
+        it shares); rank 0 is the driver's share when it has one."""
+        return self.num_actors + self.driver_share
 
     def _open_arena(self) -> None:
         """Choose the transport: shared memory when every actor shares the driver's machine and
@@ -286,7 +352,7 @@ class RayShardedEngine(GradientEngine):
         try:
             if not self._pool.on_this_node():
                 raise OSError("an actor runs on another machine")
-            self._arena = SharedArena.create(self._arena_tensors(), self.num_actors)
+            self._arena = SharedArena.create(self._arena_tensors(), self.workers)
             if not self._pool.attach(self._arena.layout):
                 raise OSError("an actor cannot map the driver's /dev/shm (another container?)")
         except OSError as error:
@@ -299,7 +365,8 @@ class RayShardedEngine(GradientEngine):
                     f"engine_options.transport: shared_memory is not possible: {error}"
                 ) from error
             return
-        self._barrier = NodeBarrier(self._arena.layout.barrier_paths, None)
+        rank = 0 if self.driver_share else None  # a member when it writes rows of its own
+        self._barrier = NodeBarrier(self._arena.layout.barrier_paths, rank)
         self.transport = "shared_memory"
 
     def _arena_tensors(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -339,6 +406,8 @@ class RayShardedEngine(GradientEngine):
         per_step = self.stats.bytes_per_step()
         return {
             "actors": self.num_actors,
+            "workers": self.workers,
+            "driver_share": "true" if self.driver_share else "false",
             "transport": self.transport,
             "gram": self.gram_strategy,
             "actor_restarts": self.stats.restarts,
@@ -463,21 +532,25 @@ class RayShardedEngine(GradientEngine):
         the actors are idle before the driver rewrites what they read."""
         replay, self._in_flight = self._in_flight, None
         if replay is not None and replay.in_flight is not None:
-            (refs, exchange_id), replay.in_flight = replay.in_flight, None  # a late ask: afresh
+            exchange, replay.in_flight = replay.in_flight, None  # a late ask: afresh
             self.stats.prefetch_dropped += 1
+            refs = exchange.refs()
+            if exchange.exchange_id is None:
+                ray.wait(refs, num_returns=len(refs))
+                return
+            if self.driver_share:  # the actors wait at the barrier for rows that will not come
+                self._barrier.abort(exchange.exchange_id)
             try:
-                if exchange_id is None:
-                    ray.wait(refs, num_returns=len(refs))
-                else:
-                    self._get_all(refs, exchange_id)
+                self._get_all(refs, exchange.exchange_id)
             except ray.exceptions.RayError:
-                pass  # a failed actor is replaced by the next request that needs it
+                pass  # released; a failed actor is replaced by the next request that needs it
 
     def _heads_charges(self, replay: _Replay) -> list[tuple[str, int]]:
-        """The actors' heads passes for their z-gradients: one per-task pass each (forward and
-        backward, as ``batched`` charges it), else a replayed forward each and T VJPs in all."""
-        if replay.per_task_heads:
-            return [("heads_forward", self.num_actors), ("heads_backward_input", self.num_actors)]
+        """The workers' heads passes for their z-gradients: one per-task pass each (forward and
+        backward, as ``batched`` charges it), else a replayed forward per actor and T VJPs."""
+        if replay.per_task_heads:  # every worker, the driver's share included
+            return [("heads_forward", self.workers), ("heads_backward_input", self.workers)]
+        # the driver's share reads its own forward's heads graph: no replayed heads forward
         return [("heads_forward", self.num_actors), ("heads_backward_input", self.num_tasks)]
 
     def _jacobian_charges(self, replay: _Replay) -> list[tuple[str, int]]:
@@ -512,29 +585,46 @@ class RayShardedEngine(GradientEngine):
         state.shared_jacobian = self._resilient(lambda: self._gather_rows(state))
         return state.shared_jacobian
 
+    # ---- the driver's own share (rank 0, when it has one) -----------------------------------
+    def _own_rows(self, state: StepState, out: Tensor | None = None) -> Tensor:
+        """(n_0, P) the driver's rows, from its own forward's graph (no replay), into ``out``."""
+        own = self._own
+        return own.own_jacobian(state, own.own_representation_grads(state), out)
+
+    def _actor_rows_bytes(self) -> int:
+        """Bytes of the (T, P) exchange the actors wrote (all of it, less the driver's rows)."""
+        exchange = self._arena["exchange"]
+        own = len(self.task_shards[0]) if self.driver_share else 0
+        return (exchange.shape[0] - own) * exchange.shape[1] * exchange.element_size()
+
     def _gather_rows(self, state: StepState) -> Tensor:
         self._settle_in_flight()  # the rows overwrite the shared exchange
         args = self._row_call_args((state.inputs, state.targets), state.replay)
         if self._arena is not None:
             token = state.replay.token
-            ray.get([actor.write_rows.remote(token, *args) for actor in self.pool.actors])
+            calls = [actor.write_rows.remote(token, *args) for actor in self.pool.actors]
+            if self.driver_share:  # beside the actors, into its rows of the exchange
+                self._own_rows(state, out=self._arena["exchange"][self._own.own])
+            ray.get(calls)
             self._resident_token = -1  # rows written, no partial Gram formed
-            self.stats.add("jacobian_rows", self._arena["exchange"].nbytes)
+            self.stats.add("jacobian_rows", self._actor_rows_bytes())
             return self._arena["exchange"].to(self.device, copy=True)
         refs = [actor.jacobian_rows.remote(*args) for actor in self.pool.actors]
+        own = [self._own_rows(state)] if self.driver_share else []
         rows = ray.get(refs)
         self.stats.add("jacobian_rows", nbytes_of(rows))
-        return torch.cat([as_tensor(r, self.device) for r in rows])
+        return torch.cat([*own, *(as_tensor(r, self.device) for r in rows)])
 
     def _gather_columns(self, state: StepState) -> Tensor:
         self._ensure_columns(state)
         if self._arena is not None:  # the whole Jacobian is in the exchange
-            self.stats.add("jacobian_columns", self._arena["exchange"].nbytes)
+            self.stats.add("jacobian_columns", self._actor_rows_bytes())
             return self._arena["exchange"].to(self.device, copy=True)
         token = state.replay.token
         shards = ray.get([actor.column_shard.remote(token) for actor in self.pool.actors])
         self.stats.add("jacobian_columns", nbytes_of(shards))
-        return torch.cat([as_tensor(s, self.device) for s in shards], dim=1)
+        own = [torch.cat(self._own_pieces)] if self.driver_share else []
+        return torch.cat([*own, *(as_tensor(s, self.device) for s in shards)], dim=1)
 
     def shared_gram(self, state: StepState) -> Tensor:
         """(T, T) Gram matrix g_t·g_s of the per-task shared gradients (see the module notes).
@@ -564,8 +654,9 @@ class RayShardedEngine(GradientEngine):
         return super().shared_combination(state, weights)
 
     def _build_columns(self, state: StepState) -> list[np.ndarray]:
-        """Rows → blocks → every actor's column shard; returns the K partial Grams (T, T).
-        Collects the step's prefetched exchange if there is one, else launches it now."""
+        """Rows → blocks → every worker's column shard; returns the W partial Grams (T, T).
+        Collects the step's prefetched exchange if there is one, else launches it now; the
+        driver's own share (when it has one) is computed here, while the actors work."""
         replay: _Replay = state.replay
         launched, replay.in_flight = replay.in_flight, None  # a retry launches afresh
         if self._in_flight is replay:
@@ -575,37 +666,95 @@ class RayShardedEngine(GradientEngine):
             # would be overwritten in the shared exchange before anyone collected them)
             self._settle_in_flight()
             launched = self._launch_columns((state.inputs, state.targets), replay)
-        refs, exchange_id = launched
-        return ray.get(refs) if exchange_id is None else self._get_all(refs, exchange_id)
+        own = []
+        if self.driver_share:
+            if launched.exchange_id is not None:
+                own = [self._own_partial_shared(state, launched)]
+            else:
+                own = [self._own_partial_store(state, launched)]
+        if launched.exchange_id is None:
+            return [*own, *ray.get(launched.calls)]
+        return [*own, *self._get_all(launched.calls, launched.exchange_id)]
 
-    def _launch_columns(self, batch: Batch, replay: _Replay) -> tuple[list[Any], int | None]:
-        """Start the exchange of step ``replay``: refs of the K partial Grams, and the barrier id
-        of the shared-memory exchange (None: object store)."""
+    def _launch_columns(self, batch: Batch, replay: _Replay) -> _Exchange:
+        """Start the actors' part of the exchange of step ``replay`` (see ``_Exchange``)."""
         token = replay.token
         actors = self.pool.actors
-        num_actors = len(actors)
         args = self._row_call_args(batch, replay)
+        workers = self.workers
         counts = [len(shard) for shard in self.task_shards]
         widths = np.diff(self.column_bounds)
-        for source in range(num_actors):
-            for target in range(num_actors):
+        for source in range(workers):
+            for target in range(workers):
                 if source != target:
                     self.stats.add("reshard", counts[source] * int(widths[target]) * 4)
         if self._arena is not None:
             exchange_id = next(self._exchange_ids)
             calls = [actor.rows_and_gram.remote(exchange_id, token, *args) for actor in actors]
-            return calls, exchange_id
+            return _Exchange(calls, exchange_id)
         blocks = []
         for actor in actors:
-            refs = actor.jacobian_blocks.options(num_returns=num_actors).remote(token, *args)
-            blocks.append(refs if num_actors > 1 else [refs])
-        partials = [
-            actor.assemble.remote(
-                token, counts, *[blocks[s][rank] for s in range(num_actors) if s != rank]
+            refs = actor.jacobian_blocks.options(num_returns=workers).remote(token, *args)
+            blocks.append(refs if workers > 1 else [refs])
+        exchange = _Exchange(None, None, blocks)
+        if not self.driver_share:
+            exchange.calls = self._assemble_calls(token, blocks, [])
+        return exchange
+
+    def _assemble_calls(self, token: int, blocks: list[list[Any]], own: list[Any]) -> list[Any]:
+        """Object store: have actor i (rank r) assemble its column shard from the other ranks'
+        blocks, in rank order; ``own``: the driver's blocks by rank (when it shares)."""
+        counts = [len(shard) for shard in self.task_shards]
+        first = self.driver_share
+        calls = []
+        for index, actor in enumerate(self.pool.actors):
+            rank = first + index
+            received = [
+                own[rank] if source < first else blocks[source - first][rank]
+                for source in range(self.workers)
+                if source != rank
+            ]
+            calls.append(actor.assemble.remote(token, counts, *received))
+        return calls
+
+    def _own_partial_shared(self, state: StepState, exchange: _Exchange) -> np.ndarray:
+        """Shared memory: the driver writes its rows into the exchange, meets the actors at the
+        barrier (watching them: a dead one would hold it there), and returns its partial Gram."""
+        self._own_rows(state, out=self._arena["exchange"][self._own.own])
+
+        def no_actor_failed() -> None:
+            ready, _ = ray.wait(exchange.calls, num_returns=len(exchange.calls), timeout=0)
+            ray.get(ready)  # raises the error of an actor that died
+
+        try:
+            self._barrier.arrive_and_wait(
+                exchange.exchange_id, BARRIER_TIMEOUT_S, check=no_actor_failed
             )
-            for rank, actor in enumerate(actors)
+        except ray.exceptions.RayError:
+            self._barrier.abort(exchange.exchange_id)  # release the others, then retry
+            ray.wait(exchange.calls, num_returns=len(exchange.calls), timeout=60)
+            raise
+        start, stop = self.column_bounds[0], self.column_bounds[1]
+        columns = self._arena["exchange"][:, start:stop]
+        self._own_pieces = [columns]
+        return (columns @ columns.T).cpu().numpy()
+
+    def _own_partial_store(self, state: StepState, exchange: _Exchange) -> np.ndarray:
+        """Object store: the driver puts its blocks for the actors, has them assemble, and
+        forms its own partial Gram from the blocks they sent it (rank 0's columns)."""
+        rows = self._own_rows(state)
+        bounds = self.column_bounds
+        own = [None] + [
+            ray.put(to_numpy(rows[:, bounds[rank] : bounds[rank + 1]]))
+            for rank in range(1, self.workers)
         ]
-        return partials, None
+        exchange.calls = self._assemble_calls(state.replay.token, exchange.blocks, own)
+        received = ray.get([blocks[0] for blocks in exchange.blocks])
+        self._own_pieces = [
+            rows[:, bounds[0] : bounds[1]],
+            *(as_tensor(block, self.device) for block in received),
+        ]
+        return block_gram(self._own_pieces).cpu().numpy()
 
     def _get_all(self, refs: list[Any], exchange_id: int) -> list[Any]:
         """``ray.get(refs)`` of calls that meet at the barrier of ``exchange_id``: when one fails,
@@ -629,7 +778,8 @@ class RayShardedEngine(GradientEngine):
     def _parameter_sharded_gram(self, state: StepState) -> Tensor:
         partials = self._build_columns(state)
         self._resident_token = state.replay.token
-        self.stats.add("gram_blocks", nbytes_of(partials))
+        self.stats.add("gram_blocks", nbytes_of(partials[self.driver_share :]))  # the actors'
+
         gram = as_tensor(partials[0], torch.device("cpu")).clone()
         for partial in partials[1:]:
             gram += as_tensor(partial, torch.device("cpu"))
@@ -645,13 +795,29 @@ class RayShardedEngine(GradientEngine):
         self._ensure_columns(state)
         token = state.replay.token
         weights_array = to_numpy(weights.float())
-        slices = ray.get([actor.combine.remote(token, weights_array) for actor in self.pool.actors])
+        calls = [actor.combine.remote(token, weights_array) for actor in self.pool.actors]
+        own: list[Tensor] = []
+        if self.driver_share:  # its columns, while the actors make theirs
+            start, stop = self.column_bounds[0], self.column_bounds[1]
+            shared = self._arena is not None
+            out = (
+                self._arena["direction"][start:stop]
+                if shared
+                else self._own_pieces[0].new_empty(stop - start)
+            )
+            combine_pieces(self._own_pieces, weights, out)
+            own = [] if shared else [out]
+        slices = ray.get(calls)
         self.stats.add("weights", weights_array.nbytes * len(slices))
-        if self._arena is not None:  # each actor wrote its columns of the direction
-            self.stats.add("direction", self._arena["direction"].nbytes)
-            return self._arena["direction"].to(self.device, copy=True)
+        if self._arena is not None:  # each worker wrote its columns of the direction
+            direction = self._arena["direction"]
+            own_bytes = (
+                self.column_bounds[1] if self.driver_share else 0
+            ) * direction.element_size()
+            self.stats.add("direction", direction.nbytes - own_bytes)
+            return direction.to(self.device, copy=True)
         self.stats.add("direction", nbytes_of(slices))
-        return torch.cat([as_tensor(s, self.device) for s in slices])
+        return torch.cat([*own, *(as_tensor(s, self.device) for s in slices)])
 
     def representation_gradients(self, state: StepState) -> Tensor:
         """(T, *z.shape); on the driver unless ``shard_representation`` (see the module notes)."""
@@ -676,9 +842,10 @@ class RayShardedEngine(GradientEngine):
             refs.append(
                 actor.representation_rows.remote(version_id, holder, step_ref, replay.training)
             )
+        own = [self._own.own_representation_grads(state)] if self.driver_share else []
         rows = ray.get(refs)
         self.stats.add("representation_rows", nbytes_of(rows))
-        return torch.cat([as_tensor(r, self.device) for r in rows])
+        return torch.cat([*own, *(as_tensor(r, self.device) for r in rows)])
 
 
 register_engine(RayShardedEngine.name, RayShardedEngine)

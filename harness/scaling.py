@@ -118,10 +118,13 @@ class TimingConfig(_Strict):
 
 
 class WorkersConfig(_Strict):
-    """The engine the ``workers`` axis runs every method on, and its option that takes K."""
+    """The engine the ``workers`` axis runs every method on, its option that takes K, and other
+    options it needs (by default the driver computes no share of its own, so K actors are the
+    K processes that compute per-task gradients)."""
 
     engine: str = "ray_sharded"
     option: str = "actors"
+    options: dict[str, Any] = Field(default_factory=lambda: {"driver_share": False})
 
 
 class StudyBudget(_Strict):
@@ -359,6 +362,7 @@ def _engine_for(
     options = dict(entry.engine_options)
     if point.axis == "workers":
         engine = study.workers.engine
+        options.update(study.workers.options)
         options[study.workers.option] = point.workers
     return engine, options
 

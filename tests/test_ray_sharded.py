@@ -128,20 +128,33 @@ TRANSPORTS = [
 ]
 
 
+@pytest.mark.parametrize("driver_share", [True, False], ids=["driver-share", "actors-only"])
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes(transport) -> None:
-    """LeNet (Dropout2d), T = 2 over 2 actors, Gram by parameter shards, several steps.
+def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes(
+    transport, driver_share
+) -> None:
+    """LeNet (Dropout2d), T = 2 over 2 workers (2 actors, or the driver and 1 actor), Gram by
+    parameter shards, several steps.
 
     Equal to the loop engine to 1e-5 (Gram, Jacobian, representation gradients, parameters);
-    charged the loop engine's passes plus the K replayed forwards and the driver's own
-    representation gradients; bytes per step as the module notes state.
+    charged the loop engine's passes plus the actors' replayed forwards, the workers' heads
+    passes and the driver's own representation gradients; bytes per step as the module notes
+    state, counted by the driver and, for what they receive, by the actors themselves.
     """
     build, taskset, batches = lenet_problem()
     reference = min_norm_steps("loop", build, taskset, batches)
     *sharded, model, engine = min_norm_steps(
-        "ray_sharded", build, taskset, batches, actors=2, transport=transport
+        "ray_sharded",
+        build,
+        taskset,
+        batches,
+        actors=2,
+        transport=transport,
+        driver_share=driver_share,
     )
     assert engine.transport == transport
+    # the driver's share takes the place of one actor (at most T workers)
+    assert (engine.workers, engine.num_actors) == ((2, 1) if driver_share else (2, 2))
     # from the second step on, each step's rows started before the driver's forward
     assert (engine.stats.prefetched, engine.stats.prefetch_dropped) == (STEPS - 1, 0)
     for index in range(3):
@@ -151,15 +164,15 @@ def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes(tra
     assert not torch.equal(next(build().parameters()), next(model.parameters()))  # it trained
 
     loop = reference[4]
-    actors, tasks, steps, size = 2, 2, len(batches), 16
-    # per step, beside the driver's forward: K replayed encoder forwards and one per-task heads
-    # pass (forward + backward) per actor (LeNet's heads have ``forward_per_task``); T heads-input
-    # backwards on the driver for the representation gradients this test asks for (the actors'
-    # ones stay on the actors). The rest as loop charges it.
+    actors, workers, tasks, steps, size = engine.num_actors, 2, 2, len(batches), 16
+    # per step, beside the driver's forward: one replayed encoder forward per actor (the driver's
+    # share uses its own forward) and one per-task heads pass (forward + backward) per worker
+    # (LeNet's heads have ``forward_per_task``); T heads-input backwards on the driver for the
+    # representation gradients this test asks for. The rest as loop charges it.
     passes = {
         "encoder_forward": 1 + actors,
-        "heads_forward": 1 + actors,
-        "heads_backward_input": actors + tasks,
+        "heads_forward": 1 + workers,
+        "heads_backward_input": workers + tasks,
     }
     assert_charged_passes(engine, loop, passes, steps, size)
     assert engine.budget.passes_by_kind["encoder_backward"] == tasks * steps  # T per step, as loop
@@ -167,21 +180,32 @@ def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes(tra
     shared = engine.num_shared
     everything = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     bounds = engine.column_bounds
+    widths = [bounds[1] - bounds[0], bounds[2] - bounds[1]]
     per_step = engine.stats.bytes_per_step()
-    # actor k (task k) sends its row restricted to the other actor's columns: (K-1)/K · T · P · 4
-    assert (
-        per_step["reshard"] == 4 * ((bounds[2] - bounds[1]) + (bounds[1] - bounds[0])) == 4 * shared
-    )
+    # worker k (task k) sends its row restricted to the other worker's columns: (W-1)/W · T · P · 4
+    assert per_step["reshard"] == 4 * (widths[1] + widths[0]) == 4 * shared
+    # what the actors return: their partial Grams and their slices of Σ aₜgₜ (the driver's own
+    # share stays with it), and, only because this test asked for J, what the driver lacks of it
     assert per_step["gram_blocks"] == actors * tasks * tasks * 4
     assert per_step["weights"] == actors * tasks * 4
-    assert per_step["direction"] == 4 * shared  # Σ aₜgₜ, one slice from each actor
-    assert per_step["jacobian_columns"] == tasks * shared * 4  # only because this test asked for J
+    own_columns = widths[0] if driver_share else 0
+    assert per_step["direction"] == 4 * (shared - own_columns)
+    if not driver_share:
+        assert per_step["jacobian_columns"] == tasks * shared * 4
+    elif transport == "shared_memory":  # the actor's row (the driver wrote its own)
+        assert per_step["jacobian_columns"] == 1 * shared * 4
+    else:  # the actor's column shard
+        assert per_step["jacobian_columns"] == tasks * widths[1] * 4
     assert per_step["parameters"] == actors * everything  # the parameters changed every step
-    # the same totals counted on the receiving side, by the actors themselves
+    # the same totals counted on the receiving side, by the actors themselves (the driver
+    # receives the actor's row in its own columns: widths[0] numbers per step)
     received = [ray.get(actor.received_bytes.remote()) for actor in engine.pool.actors]
+    driver_received = {"parameters": 0, "reshard": 4 * own_columns * steps}
     for kind in ("parameters", "reshard"):
-        assert sum(r[kind] for r in received) == engine.stats.bytes_by_kind[kind], kind
+        got = sum(r[kind] for r in received) + driver_received[kind]
+        assert got == engine.stats.bytes_by_kind[kind], kind
     assert per_step["rng"] == actors * torch.get_rng_state().numel()
+    assert engine.report()["driver_share"] == ("true" if driver_share else "false")
     engine.close()
 
 
@@ -197,36 +221,49 @@ def assert_charged_passes(engine, loop, passes: dict[str, int], steps: int, size
         assert engine.budget.flops_by_pass.get(kind, 0.0) == pytest.approx(expected), kind
 
 
+@pytest.mark.parametrize("driver_share", [True, False], ids=["driver-share", "actors-only"])
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_equal_to_loop_engine_mlp_uneven_shards_gather_and_sharded_representation(
-    transport,
+    transport, driver_share
 ) -> None:
-    """T = 5 over 2 actors (3 + 2 tasks), Gram from gathered rows, z-gradients from the actors."""
+    """T = 5 over 2 actors (3 + 2 tasks), or the driver and 2 actors (2 + 2 + 1), Gram from
+    gathered rows, z-gradients from the workers."""
     taskset, batches = tiny_taskset(5), tiny_batches(5, count=STEPS)
 
     def build():
         return tiny_model(5, seed=0)
 
-    options = {"actors": 2, "gram": "gather", "shard_representation": True, "transport": transport}
+    options = {
+        "actors": 2,
+        "gram": "gather",
+        "shard_representation": True,
+        "transport": transport,
+        "driver_share": driver_share,
+    }
     reference = min_norm_steps("loop", build, taskset, batches)
     *sharded, model, engine = min_norm_steps("ray_sharded", build, taskset, batches, **options)
     for index in range(3):
         assert_close_lists(reference[index], sharded[index])
     for p_ref, p_sharded in zip(reference[3].parameters(), model.parameters(), strict=True):
         assert torch.allclose(p_ref, p_sharded, atol=1e-5, rtol=1e-5)
+    assert engine.task_shards == ([[0, 1], [2, 3], [4]] if driver_share else [[0, 1, 2], [3, 4]])
     per_step = engine.stats.bytes_per_step()
-    assert per_step["jacobian_rows"] == 5 * engine.num_shared * 4 and "reshard" not in per_step
-    assert per_step["representation_rows"] == sharded[2][0].numel() * 4  # T · B · D floats
+    actor_tasks = 3 if driver_share else 5  # rows the driver receives (its own 2 stay with it)
+    assert per_step["jacobian_rows"] == actor_tasks * engine.num_shared * 4
+    assert "reshard" not in per_step
+    z_row = sharded[2][0][0].numel() * 4  # B · D floats
+    assert per_step["representation_rows"] == actor_tasks * z_row
     # parameters put once per step and read once per actor, though two requests reached them
     everything = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     assert per_step["parameters"] == 2 * everything
-    # per step: K replayed encoder forwards; per-task heads, so one heads pass per actor for the
-    # Jacobian and one for the z-gradients (loop: T heads-input backwards, reused for both)
-    actors, steps, size = 2, len(batches), 32
+    # per step: one replayed encoder forward per actor; per-task heads, so one heads pass per
+    # worker for the Jacobian and one for the z-gradients (loop: T heads-input backwards,
+    # reused for both)
+    actors, workers, steps, size = 2, 2 + driver_share, len(batches), 32
     passes = {
         "encoder_forward": 1 + actors,
-        "heads_forward": 1 + 2 * actors,
-        "heads_backward_input": 2 * actors,
+        "heads_forward": 1 + 2 * workers,
+        "heads_backward_input": 2 * workers,
     }
     assert_charged_passes(engine, reference[4], passes, steps, size)
     engine.close()
@@ -237,8 +274,9 @@ def test_dropout_heads_fall_back_to_batched_heads_vjps_restricted_to_each_actors
     transport,
 ) -> None:
     """Dropout in the heads: no per-task heads rerun; each actor replays the heads forward with the
-    driver's RNG and makes one batched heads VJP per own task (T in all, charged so). T = 3 over
-    2 actors (2 + 1), Gram by parameter shards, z-gradients from the actors too."""
+    driver's RNG and makes one batched heads VJP per own task (T in all with the driver's, which
+    reads its own forward's graph; charged so). T = 3 over the driver and 2 actors (1 task
+    each), Gram by parameter shards, z-gradients from the workers too."""
     build, taskset, batches = dropout_heads_problem()
     options = {"actors": 2, "shard_representation": True, "transport": transport}
     reference = min_norm_steps("loop", build, taskset, batches)
@@ -247,8 +285,9 @@ def test_dropout_heads_fall_back_to_batched_heads_vjps_restricted_to_each_actors
         assert_close_lists(reference[index], sharded[index])
     for p_ref, p_sharded in zip(reference[3].parameters(), model.parameters(), strict=True):
         assert torch.allclose(p_ref, p_sharded, atol=1e-5, rtol=1e-5)
+    assert (engine.workers, engine.num_actors, engine.driver_share) == (3, 2, 1)  # the default
     actors, tasks, steps, size = 2, 3, len(batches), 16
-    # Jacobian: K replayed heads forwards, T heads VJPs; z-gradients: the same again
+    # Jacobian: one replayed heads forward per actor, T heads VJPs; z-gradients: the same again
     passes = {
         "encoder_forward": 1 + actors,
         "heads_forward": 1 + 2 * actors,
@@ -260,13 +299,18 @@ def test_dropout_heads_fall_back_to_batched_heads_vjps_restricted_to_each_actors
     engine.close()
 
 
-def test_actor_killed_mid_run_completes_and_is_recorded_once(tmp_path) -> None:
-    """SIGKILL an actor at step 3: the run goes on from the driver's state, with the numbers of a
-    run on the local loop engine; recorded once. EW on the sharded engine equals EW on loop."""
+@pytest.mark.parametrize("driver_share", [True, False], ids=["driver-share", "actors-only"])
+def test_actor_killed_mid_run_completes_and_is_recorded_once(tmp_path, driver_share) -> None:
+    """SIGKILL an actor at step 3, while it computes the step's prefetched rows: the run goes on
+    from the driver's state, with the numbers of a run on the local loop engine; recorded once.
+    EW on the sharded engine equals EW on loop. T = 2: the driver and 1 actor (the driver,
+    waiting at the barrier, must notice the death), or 2 actors (the survivor must be released
+    from the barrier)."""
     _test_methods.register()
     try:
         gram_method = {"name": "test_gram_min_norm"}
-        sharded = {"engine": "ray_sharded", "engine_options": {"actors": 2}}
+        options = {"actors": 2, "driver_share": driver_share}
+        sharded = {"engine": "ray_sharded", "engine_options": options}
         suite = parse_suite(
             {
                 "name": "actor-kill",
@@ -304,7 +348,7 @@ def test_actor_killed_mid_run_completes_and_is_recorded_once(tmp_path) -> None:
     # the engine's own report: same-machine actors exchange through shared memory (whose
     # barrier a killed peer must not hang), the restart counted, bytes per step recorded
     assert killed.engine_stats["transport"] == ("shared_memory" if HAS_SHM else "object_store")
-    assert killed.engine_stats["actor_restarts"] == 1  # the survivor was released, not replaced
+    assert killed.engine_stats["actor_restarts"] == 1  # a survivor was released, not replaced
     assert killed.engine_stats["bytes_per_step.reshard"] > 0
     assert results["ew-sharded"].engine_stats == {"actors": 0}
     assert np.allclose(
@@ -335,7 +379,8 @@ def test_actor_killed_mid_run_completes_and_is_recorded_once(tmp_path) -> None:
     killed_run = next(r for r in children if r.data.tags.get("mtlbench.engine.transport"))
     assert killed_run.data.metrics["engine.actor_restarts"] >= 1
     row = next(r for r in rows if r["method_label"] == "killed")
-    assert json.loads(row["engine_stats"])["actors"] == 2
+    recorded = json.loads(row["engine_stats"])
+    assert (recorded["actors"], recorded["workers"]) == ((1, 2) if driver_share else (2, 2))
 
 
 def batchnorm_problem(count: int = 6):
@@ -402,7 +447,9 @@ def test_prefetch_dropped_when_not_asked_is_not_charged_and_batchnorm_replays(tr
     with_prefetch, without = runs[True][2], runs[False][2]
     assert with_prefetch.budget.passes_by_kind == without.budget.passes_by_kind
     assert with_prefetch.budget.flops_by_pass == pytest.approx(without.budget.flops_by_pass)
-    # steps 1, 3, 5 follow an asking step: prefetched, never asked for, dropped
+    # steps 1, 3, 5 follow an asking step: prefetched, never asked for, dropped (the driver
+    # shares by default, so its actors wait at the barrier for rows it never writes: released)
+    assert with_prefetch.driver_share == 1
     assert (with_prefetch.stats.prefetched, with_prefetch.stats.prefetch_dropped) == (3, 3)
     assert (without.stats.prefetched, without.stats.prefetch_dropped) == (0, 0)
 
@@ -412,6 +459,8 @@ def test_transport_option_errors_name_the_field() -> None:
     engine = get_engine("ray_sharded")
     with pytest.raises(ValueError, match="engine_options.transport: expected one of"):
         engine(build(), taskset, Budget("flops", 1e18), batches[0], transport="tcp")
+    with pytest.raises(ValueError, match="engine_options.driver_share: expected true, false"):
+        engine(build(), taskset, Budget("flops", 1e18), batches[0], driver_share="yes")
     with pytest.raises(ValueError, match="engine_options.transport: shared_memory holds CPU"):
         engine(
             build(),
@@ -426,7 +475,8 @@ def test_transport_option_errors_name_the_field() -> None:
 @pytest.mark.parametrize("name", ["mgda", "mgda_ub"])
 def test_registered_mgda_methods_on_ray_sharded_match_loop(name: str) -> None:
     """The registered methods (not a test double) through ``ray_sharded``: the same min-norm
-    weights and losses as through ``loop``, step for step, T = 5 over 2 actors."""
+    weights and losses as through ``loop``, step for step, T = 5 over the default workers (on
+    the CPU: the driver's share and 1 actor)."""
     from _method_checks import train_tiny
 
     _, _, reference = train_tiny(name, engine="loop", num_tasks=5, budget_steps=40)
