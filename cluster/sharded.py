@@ -201,7 +201,7 @@ class _Exchange:
 
     def refs(self) -> list[Any]:
         """Everything the actors are still working on."""
-        return self.calls if self.calls is not None else [r for b in self.blocks for r in b if r]
+        return self.calls if self.calls is not None else [r for b in self.blocks for r in b]
 
 
 class RayShardedEngine(GradientEngine):
@@ -720,18 +720,18 @@ class RayShardedEngine(GradientEngine):
     def _own_partial_shared(self, state: StepState, exchange: _Exchange) -> np.ndarray:
         """Shared memory: the driver writes its rows into the exchange, meets the actors at the
         barrier (watching them: a dead one would hold it there), and returns its partial Gram."""
-        self._own_rows(state, out=self._arena["exchange"][self._own.own])
 
         def no_actor_failed() -> None:
             ready, _ = ray.wait(exchange.calls, num_returns=len(exchange.calls), timeout=0)
             ray.get(ready)  # raises the error of an actor that died
 
         try:
+            self._own_rows(state, out=self._arena["exchange"][self._own.own])
             self._barrier.arrive_and_wait(
                 exchange.exchange_id, BARRIER_TIMEOUT_S, check=no_actor_failed
             )
-        except ray.exceptions.RayError:
-            self._barrier.abort(exchange.exchange_id)  # release the others, then retry
+        except BaseException:  # an actor died (retried), or the driver's own rows failed
+            self._barrier.abort(exchange.exchange_id)  # the others wait for it: release them
             ray.wait(exchange.calls, num_returns=len(exchange.calls), timeout=60)
             raise
         start, stop = self.column_bounds[0], self.column_bounds[1]

@@ -143,15 +143,8 @@ def test_equal_to_loop_engine_with_dropout_parameter_shards_budget_and_bytes(
     """
     build, taskset, batches = lenet_problem()
     reference = min_norm_steps("loop", build, taskset, batches)
-    *sharded, model, engine = min_norm_steps(
-        "ray_sharded",
-        build,
-        taskset,
-        batches,
-        actors=2,
-        transport=transport,
-        driver_share=driver_share,
-    )
+    options = {"actors": 2, "transport": transport, "driver_share": driver_share}
+    *sharded, model, engine = min_norm_steps("ray_sharded", build, taskset, batches, **options)
     assert engine.transport == transport
     # the driver's share takes the place of one actor (at most T workers)
     assert (engine.workers, engine.num_actors) == ((2, 1) if driver_share else (2, 2))
@@ -452,6 +445,37 @@ def test_prefetch_dropped_when_not_asked_is_not_charged_and_batchnorm_replays(tr
     assert with_prefetch.driver_share == 1
     assert (with_prefetch.stats.prefetched, with_prefetch.stats.prefetch_dropped) == (3, 3)
     assert (without.stats.prefetched, without.stats.prefetch_dropped) == (0, 0)
+
+
+@pytest.mark.skipif(not HAS_SHM, reason="no /dev/shm")
+def test_driver_share_failing_releases_the_actors_waiting_for_it() -> None:
+    """The driver's own rows raise while its actors wait for them at the barrier: the error
+    reaches the caller (not a hang), the actors are released, and the next step is exact."""
+    build, taskset, batches = dropout_heads_problem(count=3)
+    model = build()
+    engine = get_engine("ray_sharded")(
+        model, taskset, Budget("flops", 1e18), batches[0], actors=2, transport="shared_memory"
+    )
+    engine.forward(batches[0])  # no request yet: nothing in flight
+    original = engine._own_rows
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("driver rows failed")
+
+    engine._own_rows = failing
+    with pytest.raises(RuntimeError, match="driver rows failed"):
+        engine.shared_gram(engine.forward(batches[1]))
+    engine._own_rows = original
+    reference_model = build()
+    reference_model.load_state_dict(model.state_dict())
+    reference = get_engine("loop")(reference_model, taskset, Budget("flops", 1e18), batches[0])
+    torch.manual_seed(7)
+    gram = engine.shared_gram(engine.forward(batches[2]))
+    torch.manual_seed(7)
+    expected = reference.shared_gram(reference.forward(batches[2]))
+    assert torch.allclose(gram, expected, atol=1e-5, rtol=1e-5)
+    assert engine.stats.restarts == 0  # released, not replaced
+    engine.close()
 
 
 def test_transport_option_errors_name_the_field() -> None:
