@@ -94,8 +94,8 @@ moves with it. T = 16, default variants and options, four runs within the hour::
     step ms, batched 1 / 2 threads           204/126 212/146 209/144 259/145
 
 So the target (0.85) is met in one run of four (median 0.77): **not met** on this host. The
-engine runs at the host's own parallel speed, not above it: t(batched, 2 threads) / t(driver +
-1 actor) was 0.97, 0.95, 0.91, 0.98. FLOP ceilings: 0.97 with the driver's share, 0.94 actors
+engine runs a little below the host's own parallel speed: t(batched, 2 threads) / t(driver +
+1 actor) was 0.97, 0.95, 0.91, 0.98 (< 1: torch's two threads were faster). FLOP ceilings: 0.97 with the driver's share, 0.94 actors
 only. What the driver's share bought, same blocks: 2 workers take 127-155 ms where 2 actors
 took 141-164. Where a 2-worker step goes (profiled in a quiet spell, T = 16, chunks of 64:
 121 ms): each worker 95-107 ms of its own work (the actor: 7 ms replayed forward, 3 ms heads
