@@ -28,6 +28,7 @@ import shutil
 import time
 import uuid
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -179,9 +180,11 @@ class NodeBarrier:
     every other member's pipe, then reads its own pipe until it holds K − 1 copies of the id.
     A pipe's write and read are system calls ordered by the kernel, so what a member wrote to
     shared memory before arriving is visible to every member that leaves the barrier (on any
-    CPU architecture, unlike a flag polled in shared memory). Ids of other exchanges (an attempt
-    abandoned after a failure) are skipped, so each attempt must use a new id. The driver calls
-    an exchange off with ``abort``: members waiting for it raise ``BarrierAborted``.
+    CPU architecture, unlike a flag polled in shared memory). Ids must grow: one read may return
+    messages of a later exchange (a phase that follows at once), which are kept for it, while
+    those of earlier ones (an attempt abandoned after a failure) are dropped, so each attempt
+    must use a new, larger id. The driver calls an exchange off with ``abort``: members waiting
+    for it, or arriving at it later, raise ``BarrierAborted``.
 
     Why hand-written: Ray orders work only through the driver (a member's result reaches the
     others after a round trip through the owner: 7-9 ms measured on the CI machine at the end
@@ -199,6 +202,7 @@ class NodeBarrier:
             for index, path in enumerate(paths)
             if index != rank
         ]
+        self._early: Counter[int] = Counter()  # messages read for later exchanges (± their id)
 
     def _post(self, value: int) -> None:
         message = value.to_bytes(8, "little", signed=True)
@@ -219,9 +223,12 @@ class NodeBarrier:
         nobody else would release it).
         """
         self._post(exchange_id)
-        needed, pending = len(self._peers), b""
+        self._early = Counter({v: n for v, n in self._early.items() if abs(v) >= exchange_id})
+        if self._early.pop(-exchange_id, 0):
+            raise BarrierAborted(f"exchange {exchange_id} called off by the driver")
+        needed, pending = len(self._peers) - self._early.pop(exchange_id, 0), b""
         deadline = time.monotonic() + timeout_s
-        while needed:
+        while needed > 0:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"barrier: peers did not arrive within {timeout_s:.0f} s")
@@ -241,6 +248,8 @@ class NodeBarrier:
                     needed -= 1
                 elif value == -exchange_id:
                     raise BarrierAborted(f"exchange {exchange_id} called off by the driver")
+                elif abs(value) > exchange_id:  # a later exchange's: kept for it
+                    self._early[value] += 1
             pending = pending[whole:]
 
     def abort(self, exchange_id: int) -> None:

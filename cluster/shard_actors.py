@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from mtlbench.cluster.node_shared import ArenaLayout, NodeBarrier, SharedArena
+from mtlbench.cluster.node_shared import ArenaLayout, BarrierAborted, NodeBarrier, SharedArena
 from mtlbench.harness.gradients import BatchedEngine, StepState, _stochastic_or_stateful
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet
@@ -269,15 +269,41 @@ class ShardWorker:
         written its own, then return this actor's partial Gram (T, T) from its column shard
         of the exchange, read in place (a strided view): one call per step, no round trip
         through the driver between the rows and the Gram."""
+        columns = self._own_columns_after_barrier(
+            exchange_id, token, version, holder, step, training
+        )
+        return (columns @ columns.T).cpu().numpy()
+
+    def _own_columns_after_barrier(self, exchange_id, token, version, holder, step, training):
+        """Write this actor's rows, wait until every worker has written its own, then hold (and
+        return) this actor's column shard of the exchange, (T, P_rank), a strided view."""
         self.write_rows(token, version, holder, step, training)
         if self.barrier is not None:
             self.barrier.arrive_and_wait(exchange_id, BARRIER_TIMEOUT_S)
         start, stop = self.column_bounds[self.rank], self.column_bounds[self.rank + 1]
         columns = self.arena["exchange"][:, start:stop]
         self.pieces = [columns]
-        peers = columns.shape[0] - len(self.tasks)  # rows of this shard the other actors wrote
+        peers = columns.shape[0] - len(self.tasks)  # rows of this shard the others wrote
         self.received["reshard"] += peers * columns.shape[1] * columns.element_size()
-        return (columns @ columns.T).cpu().numpy()
+        return columns
+
+    def rows_gram_combine(self, exchange_id, token, version, holder, step, training) -> None:
+        """Shared memory, the driver a barrier member: the whole step in one call, every hand-over
+        through the arena and the barrier, none through Ray. Phases (barrier ids ``exchange_id``
+        + 0 … 3): rows written; partial Grams written (the driver sums them and solves); weights
+        written by the driver (it calls this phase off when the step asks for no Σ aₜgₜ: the
+        rows stay resident for a later request); this actor's slice of the direction written."""
+        columns = self._own_columns_after_barrier(
+            exchange_id, token, version, holder, step, training
+        )
+        torch.mm(columns, columns.T, out=self.arena["partials"][self.rank])
+        self.barrier.arrive_and_wait(exchange_id + 1, BARRIER_TIMEOUT_S)
+        try:
+            self.barrier.arrive_and_wait(exchange_id + 2, BARRIER_TIMEOUT_S)
+        except BarrierAborted:
+            return  # no Σ aₜgₜ this step, or a peer failed
+        self.combine(token, None)
+        self.barrier.arrive_and_wait(exchange_id + 3, BARRIER_TIMEOUT_S)
 
     def assemble(self, token: int, task_counts: list[int], *blocks: np.ndarray) -> np.ndarray:
         """Hold every actor's block of this parameter shard in task order; return its Gram.
@@ -298,9 +324,10 @@ class ShardWorker:
         ]
         return block_gram(self.pieces).cpu().numpy()
 
-    def combine(self, token: int, weights: np.ndarray) -> np.ndarray | None:
+    def combine(self, token: int, weights: np.ndarray | None) -> np.ndarray | None:
         """This actor's slice (P_rank,) of Σ_t weights_t g_t: returned, or with shared memory
-        written into the arena's direction (P,) at this actor's columns."""
+        written into the arena's direction (P,) at this actor's columns (weights None: the
+        arena's)."""
         if token != self.token or self.pieces is None:
             raise RuntimeError(f"combine: step {token} is not resident (holding {self.token})")
         start, stop = self.column_bounds[self.rank], self.column_bounds[self.rank + 1]
@@ -310,7 +337,8 @@ class ShardWorker:
             if shared
             else self.pieces[0].new_empty(stop - start)
         )
-        combine_pieces(self.pieces, as_tensor(weights, self.device), out)
+        weights = self.arena["weights"] if weights is None else as_tensor(weights, self.device)
+        combine_pieces(self.pieces, weights, out)
         return None if shared else out.cpu().numpy()
 
     def column_shard(self, token: int) -> np.ndarray:

@@ -263,6 +263,10 @@ class RayShardedEngine(GradientEngine):
         self.prefetch = prefetch
         self._gram_asked = False  # this step asked for a parameter-shard Gram (prefetch the next)
         self._in_flight: _Replay | None = None  # the step whose prefetch is not yet collected
+        # one-call steps (shared memory, driver's share): the exchange whose actors wait for
+        # the weights of Σ aₜgₜ, with its step's token; and finished calls not yet collected
+        self._awaiting_weights: tuple[_Exchange, int] | None = None
+        self._finished_calls: list[Any] = []
         self.chunk_size = chunk_size
         self.shard_representation = shard_representation
         self.max_restarts = max_restarts
@@ -370,7 +374,8 @@ class RayShardedEngine(GradientEngine):
         self.transport = "shared_memory"
 
     def _arena_tensors(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """The shared buffers: the model's state, the (T, P) exchange, the (P,) direction."""
+        """The shared buffers: the model's state, the (T, P) exchange, the (P,) direction, and
+        for one-call steps the (W, T, T) partial Grams and the (T,) weights."""
         dtype = next(iter(self.model.shared_parameters())).dtype
         tensors = {
             f"state/{name}": (tuple(tensor.shape), tensor.dtype)
@@ -378,6 +383,8 @@ class RayShardedEngine(GradientEngine):
         }
         tensors["exchange"] = ((self.num_tasks, self.num_shared), dtype)
         tensors["direction"] = ((self.num_shared,), dtype)
+        tensors["partials"] = ((self.workers, self.num_tasks, self.num_tasks), dtype)
+        tensors["weights"] = ((self.num_tasks,), dtype)
         return tensors
 
     def _check_transport(self) -> None:
@@ -530,6 +537,7 @@ class RayShardedEngine(GradientEngine):
     def _settle_in_flight(self) -> None:
         """Wait for a prefetched exchange nobody collected (its results are dropped), so that
         the actors are idle before the driver rewrites what they read."""
+        self._release_awaiting()
         replay, self._in_flight = self._in_flight, None
         if replay is not None and replay.in_flight is not None:
             exchange, replay.in_flight = replay.in_flight, None  # a late ask: afresh
@@ -666,12 +674,9 @@ class RayShardedEngine(GradientEngine):
             # would be overwritten in the shared exchange before anyone collected them)
             self._settle_in_flight()
             launched = self._launch_columns((state.inputs, state.targets), replay)
-        own = []
-        if self.driver_share:
-            if launched.exchange_id is not None:
-                own = [self._own_partial_shared(state, launched)]
-            else:
-                own = [self._own_partial_store(state, launched)]
+        if self.driver_share and launched.exchange_id is not None:
+            return self._own_partial_shared(state, launched)
+        own = [self._own_partial_store(state, launched)] if self.driver_share else []
         if launched.exchange_id is None:
             return [*own, *ray.get(launched.calls)]
         return [*own, *self._get_all(launched.calls, launched.exchange_id)]
@@ -688,6 +693,10 @@ class RayShardedEngine(GradientEngine):
             for target in range(workers):
                 if source != target:
                     self.stats.add("reshard", counts[source] * int(widths[target]) * 4)
+        if self._arena is not None and self.driver_share:  # one call per step, 4 barrier ids
+            exchange_id = 4 * next(self._exchange_ids)
+            calls = [actor.rows_gram_combine.remote(exchange_id, token, *args) for actor in actors]
+            return _Exchange(calls, exchange_id)
         if self._arena is not None:
             exchange_id = next(self._exchange_ids)
             calls = [actor.rows_and_gram.remote(exchange_id, token, *args) for actor in actors]
@@ -717,27 +726,64 @@ class RayShardedEngine(GradientEngine):
             calls.append(actor.assemble.remote(token, counts, *received))
         return calls
 
-    def _own_partial_shared(self, state: StepState, exchange: _Exchange) -> np.ndarray:
-        """Shared memory: the driver writes its rows into the exchange, meets the actors at the
-        barrier (watching them: a dead one would hold it there), and returns its partial Gram."""
+    def _own_partial_shared(self, state: StepState, exchange: _Exchange) -> list[np.ndarray]:
+        """Shared memory, one call per step (``ShardWorker.rows_gram_combine``): the driver
+        writes its rows into the exchange, meets the actors at the barrier, writes its partial
+        Gram beside theirs and meets them again; returns all W partial Grams (T, T), read from
+        the arena. The actors then wait for the weights (see ``_combine``)."""
+        start, stop = self.column_bounds[0], self.column_bounds[1]
+        columns = self._arena["exchange"][:, start:stop]
+        partials = self._arena["partials"]
+
+        def rows_and_partial() -> None:
+            self._own_rows(state, out=self._arena["exchange"][self._own.own])
+            self._meet(exchange, 0)  # every worker's rows are in
+            torch.mm(columns, columns.T, out=partials[0])
+            self._meet(exchange, 1)  # every partial Gram is in
+
+        self._call_off_on_failure(exchange, rows_and_partial)
+        self._own_pieces = [columns]
+        self._awaiting_weights = (exchange, state.replay.token)
+        return [partial.numpy().copy() for partial in partials]
+
+    def _meet(self, exchange: _Exchange, phase: int) -> None:
+        """Arrive at the barrier of ``phase`` of a one-call exchange and wait for the actors,
+        watching them: a dead one would hold the driver there (its error is raised)."""
 
         def no_actor_failed() -> None:
             ready, _ = ray.wait(exchange.calls, num_returns=len(exchange.calls), timeout=0)
             ray.get(ready)  # raises the error of an actor that died
 
+        self._barrier.arrive_and_wait(
+            exchange.exchange_id + phase, BARRIER_TIMEOUT_S, check=no_actor_failed
+        )
+
+    def _call_off_on_failure(self, exchange: _Exchange, driver_part: Callable[[], None]) -> None:
+        """Run the driver's part of a one-call exchange; if it fails (an actor died: the step is
+        redone, or the driver's own work raised), release the actors waiting at any phase."""
         try:
-            self._own_rows(state, out=self._arena["exchange"][self._own.own])
-            self._barrier.arrive_and_wait(
-                exchange.exchange_id, BARRIER_TIMEOUT_S, check=no_actor_failed
-            )
-        except BaseException:  # an actor died (retried), or the driver's own rows failed
-            self._barrier.abort(exchange.exchange_id)  # the others wait for it: release them
+            driver_part()
+        except BaseException:
+            for phase in range(4):
+                self._barrier.abort(exchange.exchange_id + phase)
             ray.wait(exchange.calls, num_returns=len(exchange.calls), timeout=60)
+            self._awaiting_weights = None
             raise
-        start, stop = self.column_bounds[0], self.column_bounds[1]
-        columns = self._arena["exchange"][:, start:stop]
-        self._own_pieces = [columns]
-        return (columns @ columns.T).cpu().numpy()
+
+    def _release_awaiting(self) -> None:
+        """Let the actors of a one-call exchange go when no Σ aₜgₜ came for their step (their
+        rows stay resident), and collect the calls that ended."""
+        if self._awaiting_weights is not None:
+            exchange, _ = self._awaiting_weights
+            self._awaiting_weights = None
+            self._barrier.abort(exchange.exchange_id + 2)
+            self._finished_calls.extend(exchange.calls)
+        calls, self._finished_calls = self._finished_calls, []
+        if calls:
+            try:
+                ray.get(calls)
+            except ray.exceptions.RayError:
+                pass  # a dead actor is replaced by the next request that needs it
 
     def _own_partial_store(self, state: StepState, exchange: _Exchange) -> np.ndarray:
         """Object store: the driver puts its blocks for the actors, has them assemble, and
@@ -794,6 +840,10 @@ class RayShardedEngine(GradientEngine):
     def _combine(self, state: StepState, weights: Tensor) -> Tensor:
         self._ensure_columns(state)
         token = state.replay.token
+        awaiting = self._awaiting_weights
+        if awaiting is not None and awaiting[1] == token:
+            return self._combine_one_call(awaiting[0], weights)
+        self._release_awaiting()  # a step whose actors wait for weights it will not get
         weights_array = to_numpy(weights.float())
         calls = [actor.combine.remote(token, weights_array) for actor in self.pool.actors]
         own: list[Tensor] = []
@@ -819,6 +869,26 @@ class RayShardedEngine(GradientEngine):
         self.stats.add("direction", nbytes_of(slices))
         return torch.cat([*own, *(as_tensor(s, self.device) for s in slices)])
 
+    def _combine_one_call(self, exchange: _Exchange, weights: Tensor) -> Tensor:
+        """Σ aₜgₜ of a one-call exchange: the driver writes the weights into the arena and meets
+        the actors waiting for them; each worker writes its slice of the direction; they meet
+        again. No Ray call: the actors' calls end here and are collected later."""
+        self._awaiting_weights = None
+        direction = self._arena["direction"]
+        start, stop = self.column_bounds[0], self.column_bounds[1]
+
+        def weights_and_slice() -> None:
+            self._arena["weights"].copy_(weights)
+            self._meet(exchange, 2)  # the weights are in
+            combine_pieces(self._own_pieces, self._arena["weights"], direction[start:stop])
+            self._meet(exchange, 3)  # every slice of the direction is in
+
+        self._call_off_on_failure(exchange, weights_and_slice)
+        self._finished_calls.extend(exchange.calls)
+        self.stats.add("weights", self._arena["weights"].nbytes * self.num_actors)
+        self.stats.add("direction", direction.nbytes - stop * direction.element_size())
+        return direction.to(self.device, copy=True)
+
     def representation_gradients(self, state: StepState) -> Tensor:
         """(T, *z.shape); on the driver unless ``shard_representation`` (see the module notes)."""
         if not self.shard_representation or state.representation_grads is not None:
@@ -829,6 +899,7 @@ class RayShardedEngine(GradientEngine):
         return state.representation_grads
 
     def _representation_rows(self, state: StepState) -> Tensor:
+        self._release_awaiting()  # the actors must be free to take the call
         replay: _Replay = state.replay
         version_id, holder = self._parameters_ref(replay)
         representation, targets = to_numpy(state.detached), to_numpy(state.targets)

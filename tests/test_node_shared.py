@@ -16,6 +16,7 @@ from _shm_members import WIDTH, member, waiter
 from mtlbench.cluster.node_shared import (
     PREFIX,
     SHM_DIR,
+    BarrierAborted,
     NodeBarrier,
     SharedArena,
     plan_layout,
@@ -74,6 +75,26 @@ def test_abort_releases_a_member_waiting_for_a_peer_that_never_comes() -> None:
     assert results.get(timeout=50) == "aborted"
     process.join(timeout=60)
     driver.close()
+    arena.close()
+
+
+def test_messages_of_a_later_phase_read_early_are_kept_for_it() -> None:
+    """One read can return the next phase's arrival (or abort) with the current one: it must be
+    kept for that phase, not dropped with the stale ones (a member would wait forever)."""
+    arena = SharedArena.create({"x": ((1,), torch.float32)}, 2)
+    first, second = (NodeBarrier(arena.layout.barrier_paths, rank) for rank in (0, 1))
+    for exchange_id in (3, 4, 5, -6):  # 3: stale; 4, 5: two phases; -6: an early abort
+        first._post(exchange_id)
+    second.arrive_and_wait(4, timeout_s=5)  # one read returns 3, 4, 5 and -6
+    second.arrive_and_wait(5, timeout_s=0.5)  # already arrived: no wait
+    with pytest.raises(BarrierAborted):
+        second.arrive_and_wait(6, timeout_s=0.5)
+    first._post(7)
+    first._post(3)  # stale again: must not count for 8
+    with pytest.raises(TimeoutError):
+        second.arrive_and_wait(8, timeout_s=0.3)
+    for barrier in (first, second):
+        barrier.close()
     arena.close()
 
 

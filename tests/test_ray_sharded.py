@@ -447,6 +447,44 @@ def test_prefetch_dropped_when_not_asked_is_not_charged_and_batchnorm_replays(tr
     assert (without.stats.prefetched, without.stats.prefetch_dropped) == (0, 0)
 
 
+def gram_only_or_two_combinations(engine_name: str, taskset, batches, **options):
+    """Even steps ask for the Gram only (then an equal-weight backward); odd steps for the Gram
+    and two Σ aₜgₜ (min-norm weights, then equal weights). Returns grams and directions."""
+    model = tiny_model(len(taskset), seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    engine = get_engine(engine_name)(model, taskset, Budget("flops", 1e18), batches[0], **options)
+    grams, directions = [], []
+    for index, batch in enumerate(batches):
+        optimizer.zero_grad(set_to_none=True)
+        state = engine.forward(batch)
+        grams.append(engine.shared_gram(state))
+        weights = min_norm_weights(grams[-1])
+        if index % 2 == 0:
+            engine.backward(state, torch.ones(len(taskset)))
+        else:
+            directions.append(engine.shared_combination(state, weights))
+            directions.append(engine.shared_combination(state, torch.full_like(weights, 0.2)))
+            engine.apply_shared_direction(state, directions[-2], torch.ones_like(weights))
+        optimizer.step()
+    return grams, directions, engine
+
+
+@pytest.mark.skipif(not HAS_SHM, reason="no /dev/shm")
+def test_one_call_steps_let_the_actors_go_without_a_combination_and_combine_twice() -> None:
+    """The driver's share over shared memory runs a step in one actor call whose actors wait for
+    the weights of Σ aₜgₜ: a step that asks for the Gram only must let them go (at the next
+    forward), and a second Σ aₜgₜ of the same step goes through Ray calls. T = 5 over the
+    driver and 2 actors; equal to the loop engine."""
+    taskset, batches = tiny_taskset(5), tiny_batches(5, count=4)
+    reference = gram_only_or_two_combinations("loop", taskset, batches)
+    options = {"actors": 2, "transport": "shared_memory"}
+    *sharded, engine = gram_only_or_two_combinations("ray_sharded", taskset, batches, **options)
+    assert engine.workers == 3
+    for index in range(2):
+        assert_close_lists(reference[index], sharded[index])
+    engine.close()
+
+
 @pytest.mark.skipif(not HAS_SHM, reason="no /dev/shm")
 def test_driver_share_failing_releases_the_actors_waiting_for_it() -> None:
     """The driver's own rows raise while its actors wait for them at the barrier: the error
