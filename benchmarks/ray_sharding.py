@@ -83,33 +83,34 @@ second estimate of the efficiency.
 Measured 2026-11-23 (2-vCPU AMD EPYC KVM guest, Ray 2.60.0, torch 2.13.0+cpu, object store
 512 MB, 15 blocks × 5 steps; Ray runs its actors at nice 15, so any other process preempts
 them). This host's own 2-core scaling varies from run to run: torch's 1 → 2 thread efficiency
-on the same (tuned) baseline moved between 0.74 and 0.86 in the runs below, and ``ray_sharded``
-moves with it. T = 16, default variants and options, four runs within the hour::
+on the same (tuned) baseline moved between 0.74 and 0.89 in the runs below, and ``ray_sharded``
+moves with it. T = 16, default variants and options, five runs in a row with the one-call step
+(see ``cluster/sharded.py``)::
 
-    efficiency (1 vs 2 workers)              run 1   run 2   run 3   run 4
-    driver/parameter/shm (vs tuned batched)  0.80    0.72    0.74    0.86
-    parameter/shm (1 vs 2 actors)            0.77    0.67    0.83    0.81
-    batched, 1 vs 2 torch threads            0.84    0.74    0.76    0.86
-    step ms, driver + 1 actor                127     152     154     155
-    step ms, batched 1 / 2 threads           204/126 212/146 209/144 259/145
+    efficiency (1 vs 2 workers)              run 1   run 2   run 3   run 4   run 5
+    driver/parameter/shm (vs tuned batched)  0.85    0.84    0.82    0.78    0.78
+    parameter/shm (1 vs 2 actors)            0.81    0.79    0.81    0.79    0.80
+    batched, 1 vs 2 torch threads            0.83    0.89    0.81    0.82    0.87
+    step ms, driver + 1 actor                117     119     121     127     138
 
-So the target (0.85) is met in one run of four (median 0.77): **not met** on this host. The
-engine runs a little below the host's own parallel speed: t(batched, 2 threads) / t(driver +
-1 actor) was 0.97, 0.95, 0.91, 0.98 (< 1: torch's two threads were faster). FLOP ceilings: 0.97 with the driver's share, 0.94 actors
-only. What the driver's share bought, same blocks: 2 workers take 127-155 ms where 2 actors
-took 141-164. Where a 2-worker step goes (profiled in a quiet spell, T = 16, chunks of 64:
-121 ms): each worker 95-107 ms of its own work (the actor: 7 ms replayed forward, 3 ms heads
-pass, 92 ms of VJPs, 5 ms partial Gram; the driver: its forward, heads pass and VJPs), then
-about 14 ms that one process does alone: sum of the partial Grams, min-norm solve (0.7 ms),
-Σ aₜgₜ (5 ms with its Ray round trip), heads backward and SGD step (1.5 ms), the next step's
-launch (2 ms); against a single process's 0.7 + 3.5 + 1.5. The rest is this host: two
-processes streaming J (64 MB written, read twice per step) slow each other down (a 64 MB
-matrix-vector product runs 1.14-1.56x slower with two at once; a cache-resident matmul
-0.97-1.10x).
+Median 0.82 with the driver's share: the target (0.85) is met in one run of five, so it is
+**not met** on this host. The engine runs at about the host's own parallel speed: t(batched,
+2 threads) / t(driver + 1 actor) was 1.03, 1.00, 0.88 in runs 3-5 (> 1: the Ray row faster);
+one process with one thread took 204-212 ms. FLOP ceilings: 0.97 with the driver's share, 0.94
+actors only. Before the one-call step (Ray calls for the partial Grams and Σ aₜgₜ), four runs
+gave 0.80, 0.72, 0.74, 0.86 (median 0.77; torch threads 0.84, 0.74, 0.76, 0.86) at 127-155 ms.
+Where a 2-worker step goes (driver's side, profiled alone, 118-122 ms): the next step's launch
+2.1 ms (parameters into the arena, the batch put, the call), its forward 7 ms, its own rows 95
+ms (heads pass and VJPs of 8 tasks), partial Gram and barrier 5 ms, solve 0.7 ms, Σ aₜgₜ 2.9
+ms, heads backward and SGD step 1.5 ms; it waits for the actor at the barrier for 0.1-0.2 ms,
+so the driver, not the actor, is the longer path. The rest is this host: two processes
+streaming J (64 MB written, read twice per step) slow each other down (a 64 MB matrix-vector
+product runs 1.14-1.56x slower with two at once; a cache-resident matmul 0.97-1.10x).
 
-At T = 8 (one run, ``--tasks 8``): 0.58 with the driver's share, 0.66 actors only, 0.72 for
-torch threads (FLOP ceilings 0.94 / 0.89): the per-step work that does not split (forward and
-heads pass on each worker, the 14 ms above) is a larger part of a step half as long.
+At T = 8 (one run, ``--tasks 8``): 0.74 with the driver's share (72 ms per step against 102
+for one thread), 0.75 actors only, 0.83 for torch threads (FLOP ceilings 0.94 / 0.89; before
+the one-call step 0.58): the per-step work that does not split (forward and heads pass on each
+worker, launch, solve, update) is a larger part of a step half as long.
 
 Bytes per step (all equal to the formulas): the driver and 1 actor, ``parameter``, 37.7 MB at
 T = 16 (reshard 31.5, parameters 4.0, direction 2.0, batch 0.28) and 22.0 MB at T = 8; 2
