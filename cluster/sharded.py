@@ -195,8 +195,9 @@ class _Replay:
 class _Exchange:
     """A parameter-shard exchange the actors were asked for.
 
-    calls: refs of the actors' partial Grams (T, T); None while they wait for the driver's own
-    blocks (object store, driver's share). exchange_id: the barrier id (shared memory), else
+    calls: refs of the actors' calls (their partial Grams (T, T); None from a one-call step,
+    which hands them over in the arena); None while they wait for the driver's own blocks
+    (object store, driver's share). exchange_id: the (first) barrier id (shared memory), else
     None. blocks: the actors' outgoing blocks, ``blocks[i][rank]`` (object store), else None.
     """
 
@@ -540,8 +541,9 @@ class RayShardedEngine(GradientEngine):
         return state
 
     def _settle_in_flight(self) -> None:
-        """Wait for a prefetched exchange nobody collected (its results are dropped), so that
-        the actors are idle before the driver rewrites what they read."""
+        """Make the actors idle before the driver rewrites what they read: let go those of a
+        one-call step waiting for weights that will not come, and wait for a prefetched
+        exchange nobody collected (its results are dropped)."""
         self._release_awaiting()
         replay, self._in_flight = self._in_flight, None
         if replay is not None and replay.in_flight is not None:
@@ -749,7 +751,7 @@ class RayShardedEngine(GradientEngine):
         self._call_off_on_failure(exchange, rows_and_partial)
         self._own_pieces = [columns]
         self._awaiting_weights = (exchange, state.replay.token)
-        return [partial.numpy().copy() for partial in partials]
+        return list(partials.numpy())  # views of the arena: the caller sums them at once
 
     def _meet(self, exchange: _Exchange, phase: int) -> None:
         """Arrive at the barrier of ``phase`` of a one-call exchange and wait for the actors,
@@ -830,7 +832,6 @@ class RayShardedEngine(GradientEngine):
         partials = self._build_columns(state)
         self._resident_token = state.replay.token
         self.stats.add("gram_blocks", nbytes_of(partials[self.driver_share :]))  # the actors'
-
         gram = as_tensor(partials[0], torch.device("cpu")).clone()
         for partial in partials[1:]:
             gram += as_tensor(partial, torch.device("cpu"))

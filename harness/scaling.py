@@ -119,12 +119,17 @@ class TimingConfig(_Strict):
 
 class WorkersConfig(_Strict):
     """The engine the ``workers`` axis runs every method on, its option that takes K, and other
-    options it needs (by default the driver computes no share of its own, so K actors are the
-    K processes that compute per-task gradients)."""
+    options it passes (``options``; omitted on ``ray_sharded``: ``driver_share: false``, so the
+    K actors are the K processes that compute per-task gradients)."""
 
     engine: str = "ray_sharded"
     option: str = "actors"
-    options: dict[str, Any] = Field(default_factory=lambda: {"driver_share": False})
+    options: dict[str, Any] | None = None
+
+    def engine_options(self) -> dict[str, Any]:
+        if self.options is not None:
+            return dict(self.options)
+        return {"driver_share": False} if self.engine == "ray_sharded" else {}
 
 
 class StudyBudget(_Strict):
@@ -362,7 +367,7 @@ def _engine_for(
     options = dict(entry.engine_options)
     if point.axis == "workers":
         engine = study.workers.engine
-        options.update(study.workers.options)
+        options.update(study.workers.engine_options())
         options[study.workers.option] = point.workers
     return engine, options
 

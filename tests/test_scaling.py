@@ -15,7 +15,13 @@ from mlflow.tracking import MlflowClient
 from mtlbench.datasets.synthetic import shared_parameter_count, width_for_shared_parameters
 from mtlbench.harness.cli import app
 from mtlbench.harness.config import ConfigError
-from mtlbench.harness.scaling import PeakMemory, fit_power_law, parse_study, study_points
+from mtlbench.harness.scaling import (
+    PeakMemory,
+    WorkersConfig,
+    fit_power_law,
+    parse_study,
+    study_points,
+)
 from typer.testing import CliRunner
 
 STUDY = {
@@ -172,3 +178,13 @@ def test_small_study_end_to_end(tmp_path: Path) -> None:
     )
     assert again.exit_code == 0, again.output
     assert "0 points measured, 4 reused" in again.output.replace("\n", " ")
+
+
+def test_workers_axis_engine_options_only_give_ray_sharded_its_driver_share_default() -> None:
+    """On ``ray_sharded`` the axis's K actors are all the workers (no driver share) unless the
+    study says otherwise; another engine gets only the options the study gives it."""
+    assert WorkersConfig().engine_options() == {"driver_share": False}
+    other = WorkersConfig(engine="deepspeed", option="world_size")
+    assert other.engine_options() == {}
+    given = WorkersConfig(options={"driver_share": True, "gram": "gather"})
+    assert given.engine_options() == {"driver_share": True, "gram": "gather"}
