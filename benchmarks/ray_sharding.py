@@ -84,19 +84,19 @@ Measured 2026-11-23 (2-vCPU AMD EPYC KVM guest, Ray 2.60.0, torch 2.13.0+cpu, ob
 512 MB, 15 blocks × 5 steps; Ray runs its actors at nice 15, so any other process preempts
 them). This host's own 2-core scaling varies from run to run: torch's 1 → 2 thread efficiency
 on the same (tuned) baseline moved between 0.74 and 0.89 in the runs below, and ``ray_sharded``
-moves with it. T = 16, default variants and options, five runs in a row with the one-call step
-(see ``cluster/sharded.py``)::
+moves with it. T = 16, default variants and options, six runs with the one-call step (see
+``cluster/sharded.py``; the sixth after the review mends)::
 
-    efficiency (1 vs 2 workers)              run 1   run 2   run 3   run 4   run 5
-    driver/parameter/shm (vs tuned batched)  0.85    0.84    0.82    0.78    0.78
-    parameter/shm (1 vs 2 actors)            0.81    0.79    0.81    0.79    0.80
-    batched, 1 vs 2 torch threads            0.83    0.89    0.81    0.82    0.87
-    step ms, driver + 1 actor                117     119     121     127     138
+    efficiency (1 vs 2 workers)              run 1   run 2   run 3   run 4   run 5   run 6
+    driver/parameter/shm (vs tuned batched)  0.85    0.84    0.82    0.78    0.78    0.84
+    parameter/shm (1 vs 2 actors)            0.81    0.79    0.81    0.79    0.80    0.79
+    batched, 1 vs 2 torch threads            0.83    0.89    0.81    0.82    0.87    0.83
+    step ms, driver + 1 actor                117     119     121     127     138     133
 
-Median 0.82 with the driver's share: the target (0.85) is met in one run of five, so it is
+Median 0.83 with the driver's share: the target (0.85) is met in one run of six, so it is
 **not met** on this host. The engine runs at about the host's own parallel speed: t(batched,
 2 threads) / t(driver + 1 actor) was 1.03, 1.00, 0.88 in runs 3-5 (> 1: the Ray row faster);
-one process with one thread took 204-212 ms. FLOP ceilings: 0.97 with the driver's share, 0.94
+one process with one thread took 204-215 ms. FLOP ceilings: 0.97 with the driver's share, 0.94
 actors only. Before the one-call step (Ray calls for the partial Grams and Σ aₜgₜ), four runs
 gave 0.80, 0.72, 0.74, 0.86 (median 0.77; torch threads 0.84, 0.74, 0.76, 0.86) at 127-155 ms.
 Where a 2-worker step goes (driver's side, profiled alone, 118-122 ms): the next step's launch
