@@ -423,12 +423,15 @@ class BatchedEngine(GradientEngine):
         jacobian = z_grads.new_empty(self.num_tasks, self.num_shared) if out is None else out
         for start in range(0, self.num_tasks, self.chunk_size):
             rows = z_grads[start : start + self.chunk_size]
+            # a chunk of one task is a plain VJP: vmap's batching rules cost ≈ 3% per row there
+            # (measured on the CPU, MLP of ``benchmarks/ray_sharding.py``, 8 tasks, 1 thread)
+            single = rows.shape[0] == 1
             grads = torch.autograd.grad(
                 state.representation,
                 shared,
-                rows,
+                rows[0] if single else rows,
                 retain_graph=True,
-                is_grads_batched=True,
+                is_grads_batched=not single,
                 allow_unused=True,
             )
             offset = 0

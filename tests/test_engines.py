@@ -18,7 +18,13 @@ from mtlbench.methods.min_norm import min_norm_weights
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-ENGINES = [("loop", {}), ("batched", {}), ("batched", {"chunk_size": 2}), ("representation", {})]
+ENGINES = [
+    ("loop", {}),
+    ("batched", {}),
+    ("batched", {"chunk_size": 2}),
+    ("batched", {"chunk_size": 1}),  # a plain VJP per task
+    ("representation", {}),
+]
 
 
 def mixed_problem() -> tuple[MultiTaskModel, TaskSet, tuple[torch.Tensor, torch.Tensor]]:
