@@ -37,7 +37,7 @@ the parameters, the (T, P) exchange of Jacobian rows, the (P,) direction), with 
 named pipes among the workers (the driver is one when it shares, and watches the actors while
 it waits: a dead one would hold it there). ``auto`` (default) takes shared memory when every actor runs on
 the driver's machine, on the CPU, and ``/dev/shm`` has room for T·P + P + P_all numbers; else the
-object store. Why: on one machine the object store costs a fresh sealed object per block and a
+object store (on one machine with a warning; the reason is the report's ``transport_reason``). Why: on one machine the object store costs a fresh sealed object per block and a
 round trip through the driver between "rows written" and "Gram formed"; measured on the 2-core CI
 machine (T = 16, K = 2, ``benchmarks/ray_sharding.py``) that was ≈ 30 ms of a ≈ 160 ms step.
 With shared memory an actor writes its rows into the exchange (all columns: its own block beside
@@ -106,13 +106,15 @@ less 1 when the driver shares; at most T, or T − 1 when the driver shares), ``
 (true | false; default: see above), ``gram`` (``parameter`` |
 ``gather``), ``transport`` (``auto`` | ``shared_memory`` | ``object_store``), ``cpus_per_actor``
 (1), ``gpus_per_actor`` (0), ``threads_per_actor`` (torch threads; default ``cpus_per_actor``
-rounded, at least 1), ``chunk_size`` (tasks per batched VJP on an actor, 64: lower it when an
-actor's memory is short), ``shard_representation`` (false), ``max_restarts`` (3),
+rounded, at least 1), ``chunk_size`` (tasks per batched VJP on a worker, 64: lower it when a
+worker's memory is short; on the CPU, 1, a plain VJP per task, ran fastest on the MLP of
+``benchmarks/ray_sharding.py``), ``shard_representation`` (false), ``max_restarts`` (3),
 ``ready_timeout_s`` (120: time allowed to place the actors), ``prefetch`` (true).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -147,6 +149,8 @@ from mtlbench.harness.gradients import (
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 ACTORS_ENV = "MTLBENCH_RAY_ACTORS"
 TRANSPORTS = ("auto", "shared_memory", "object_store")
@@ -263,6 +267,7 @@ class RayShardedEngine(GradientEngine):
         self.gram_strategy = gram
         self.requested_transport = transport
         self.transport = "object_store"  # decided when the actors start (see the module notes)
+        self.transport_reason = ""  # why ``auto`` fell back to the object store on one machine
         self._arena: SharedArena | None = None
         self._barrier: NodeBarrier | None = None  # the driver's end: releases actors on failure
         self._exchange_ids = count(1)  # a new id per attempt at an exchange (see NodeBarrier)
@@ -374,6 +379,11 @@ class RayShardedEngine(GradientEngine):
                 raise ValueError(
                     f"engine_options.transport: shared_memory is not possible: {error}"
                 ) from error
+            # auto: recorded (report's ``transport_reason``), and said when every actor is on
+            # this machine: such a run moves every byte through Ray and is slower for it
+            self.transport_reason = f"shared memory not possible: {error}"
+            if self._pool.on_this_node():
+                log.warning("ray_sharded: using Ray's object store (%s)", self.transport_reason)
             return
         rank = 0 if self.driver_share else None  # a member when it writes rows of its own
         self._barrier = NodeBarrier(self._arena.layout.barrier_paths, rank)
@@ -422,6 +432,7 @@ class RayShardedEngine(GradientEngine):
             "workers": self.workers,
             "driver_share": "true" if self.driver_share else "false",
             "transport": self.transport,
+            **({"transport_reason": self.transport_reason} if self.transport_reason else {}),
             "gram": self.gram_strategy,
             "actor_restarts": self.stats.restarts,
             "prefetched_steps": self.stats.prefetched,
@@ -696,10 +707,11 @@ class RayShardedEngine(GradientEngine):
         workers = self.workers
         counts = [len(shard) for shard in self.task_shards]
         widths = np.diff(self.column_bounds)
+        item = next(iter(self.model.shared_parameters())).element_size()  # J's dtype
         for source in range(workers):
             for target in range(workers):
                 if source != target:
-                    self.stats.add("reshard", counts[source] * int(widths[target]) * 4)
+                    self.stats.add("reshard", counts[source] * int(widths[target]) * item)
         if self._arena is not None and self.driver_share:  # one call per step, 4 barrier ids
             exchange_id = 4 * next(self._exchange_ids)
             calls = [actor.rows_gram_combine.remote(exchange_id, token, *args) for actor in actors]

@@ -10,6 +10,7 @@ Two actors on a local Ray (``ray.init(num_cpus=2)``) that this module starts and
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import _test_methods
@@ -513,6 +514,36 @@ def test_driver_share_failing_releases_the_actors_waiting_for_it() -> None:
     expected = reference.shared_gram(reference.forward(batches[2]))
     assert torch.allclose(gram, expected, atol=1e-5, rtol=1e-5)
     assert engine.stats.restarts == 0  # released, not replaced
+    engine.close()
+
+
+def test_auto_transport_without_room_in_shared_memory_says_why_and_stays_exact(
+    monkeypatch, caplog
+) -> None:
+    """``transport: auto`` where /dev/shm has no room (here: creating the arena fails as a full
+    /dev/shm makes it fail): the run goes on over the object store, exact, and the reason is
+    logged once and reported, not silent."""
+    from mtlbench.cluster import sharded
+
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sharded.SharedArena, "create", no_room)
+    build, taskset, batches = lenet_problem(count=1)
+    engine = get_engine("ray_sharded")(
+        build(), taskset, Budget("flops", 1e18), batches[0], actors=1, transport="auto"
+    )
+    reference = get_engine("loop")(build(), taskset, Budget("flops", 1e18), batches[0])
+    with caplog.at_level(logging.WARNING, logger="mtlbench.cluster.sharded"):
+        torch.manual_seed(5)  # the same dropout masks in both
+        gram = engine.shared_gram(engine.forward(batches[0]))
+    torch.manual_seed(5)
+    expected = reference.shared_gram(reference.forward(batches[0]))
+    assert torch.allclose(gram, expected, atol=1e-5, rtol=1e-5)
+    assert engine.transport == "object_store"
+    assert "No space left on device" in engine.report()["transport_reason"]
+    warnings = [r for r in caplog.records if "object store" in r.getMessage()]
+    assert len(warnings) == 1
     engine.close()
 
 
