@@ -12,6 +12,7 @@ sum_t L_t gives all T per-task z-gradients at the cost of one heads backward, in
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -53,7 +54,7 @@ class StackedMLPHeads(nn.Module):
         widths = [in_features] + ([hidden] if hidden else []) + [out_features]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        for fan_in, fan_out in itertools.pairwise(widths):
             self.weights.append(nn.Parameter(torch.empty(num_tasks, fan_in, fan_out)))
             self.biases.append(nn.Parameter(torch.empty(num_tasks, fan_out)))
         self.reset_parameters()

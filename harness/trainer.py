@@ -134,6 +134,7 @@ def _code_version() -> str:
             capture_output=True,
             text=True,
             timeout=5,
+            check=False,  # outside a git checkout: no commit, stdout empty
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""

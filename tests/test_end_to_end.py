@@ -157,7 +157,7 @@ def test_delta_m_backfilled_when_baseline_arrives_later(tmp_path: Path) -> None:
     data = {**TINY, "seeds": [0]}
     specs = expand_suite(parse_suite(data))
     store = ResultStore(tmp_path)
-    ew_spec = [s for s in specs if s.method == "ew"][0]
+    ew_spec = next(s for s in specs if s.method == "ew")
     ew_result = train_run(ew_spec)
     store.write_run(ew_spec.run_hash, result_rows(ew_result, "", store.rows()))
     assert all(r["delta_m_pct"] != r["delta_m_pct"] for r in store.rows())  # NaN: no baseline yet
@@ -168,7 +168,7 @@ def test_delta_m_backfilled_when_baseline_arrives_later(tmp_path: Path) -> None:
         baseline_metrics.append(result.solutions[0].test_metrics[task])
         store.write_run(spec.run_hash, result_rows(result, "", store.rows()))
     assert backfill_delta_m(store) == 1
-    row = [r for r in store.rows() if r["method"] == "ew"][0]
+    row = next(r for r in store.rows() if r["method"] == "ew")
     metrics = ew_result.solutions[0].test_metrics
     expected = 100 * sum(-(m - b) / b for m, b in zip(metrics, baseline_metrics)) / 2
     assert row["delta_m_pct"] == pytest.approx(expected)

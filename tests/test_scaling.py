@@ -3,6 +3,7 @@ analytic count, peak memory, and a small study end to end through the CLI (table
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def test_peak_memory_sees_a_step_allocation() -> None:
 def _analytic_ew_step_flops(batch: int, widths: list[int], tasks: int, classes: int) -> int:
     """Matmul FLOPs of one EW step of the synthetic MLP (2 per multiply-add): forward, weight
     gradients, input gradients (none for the first layer: the inputs need no gradient)."""
-    encoder = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    encoder = sum(a * b for a, b in itertools.pairwise(widths))
     first = widths[0] * widths[1]
     heads = tasks * widths[-1] * classes
     return 2 * batch * (encoder + encoder + (encoder - first) + 3 * heads)
