@@ -27,15 +27,22 @@ Baseline: a baseline slower than it need be flatters every ratio taken against i
 single-process rows get what the workers get. (1) J reused: the workers write their rows into
 the shared arena, whose pages stay mapped, while ``batched`` allocates a fresh (T, P) J every
 step (64 MB here), every page of which the kernel zeroes (``ReusedJacobianBatched``). (2) The
-chunk (tasks per batched VJP) measured best, interleaved on the CI machine: one process with all
-16 tasks, relative to one chunk of 16: chunks of 1 / 2 / 4 / 8 took 0.88 / 0.88 / 0.86 / 0.98 of
-the time (``--chunk-one 4``); one process with a worker's 8 tasks, relative to one chunk of 8:
-0.91 / 0.90 / 1.02 for chunks of 1 / 2 / 4 (``--chunk-two 2``: the 2-worker rows, and the
-2-thread row). Small chunks win because each chunk's per-layer gradients (2.4 MB per task for
-the 768 × 768 layer) stay in cache. Before this tuning, the 1-actor row paid the page zeroing of
-its 38 MB per-chunk gradients (above glibc's 32 MB mmap threshold) that the 2-actor row's 19 MB
-chunks did not: the efficiencies this script printed before 2026-11-23's third session (0.76-0.87
-for ``parameter/shm``) were flattered by it.
+chunk (tasks per VJP) measured best: one task per VJP, which the engines now run as a plain VJP
+(vmap's batching costs ≈ 3% per row there). Interleaved on the CI machine, one process with all
+16 tasks took 191 / 195 / 200 / 212 ms per step in chunks of 1 / 2 / 4 / 8 (``--chunk-one 1``);
+two processes with 8 tasks each, running at once, 121 ms in chunks of 1 against 126 in chunks
+of 2 (``--chunk-two 1``: the 2-worker rows, the 2-thread row and the host reference). Small
+chunks win because each chunk's per-layer gradients (2.4 MB per task for the 768 × 768 layer)
+stay in cache, the more so when two processes share the L3. Before the tuning of 2026-11-23's
+third session, the 1-actor row paid the page zeroing of its 38 MB per-chunk gradients (above
+glibc's 32 MB mmap threshold) that the 2-actor row's 19 MB chunks did not: the efficiencies this
+script printed before then (0.76-0.87 for ``parameter/shm``) were flattered by it; before the
+fourth session, the baseline ran chunks of 4 (≈ 4% slower than now).
+
+Host reference (``two halves at once``, see ``HalfProblem``): two processes, the driver and an
+actor, each run the baseline's whole step on half the tasks, at once, with nothing exchanged.
+Their efficiency is what this host leaves of two cores for this work before the engine moves a
+byte; "x the host reference" in the verdicts is the engine's efficiency over it.
 
 How: every configuration trains its own copy of the same initial model on the same batch; after a
 warm-up, the configurations are timed in interleaved blocks of ``--steps`` steps (the order is
@@ -73,7 +80,7 @@ default, for the transient. End to end the difference is within this machine's r
 (T = 8, 2026-11-23, before the shared-memory transport, when every row used the store:
 efficiency 0.70 / 0.71 with 512 MB, 0.67 / 0.65 with the default store).
 
-Run: ``python benchmarks/ray_sharding.py`` (≈ 3 min on 2 idle cores at T = 16, 2 min at
+Run: ``python benchmarks/ray_sharding.py`` (≈ 4 min on 2 idle cores at T = 16, 2 min at
 ``--tasks 8``; ``--blocks``, ``--steps``, ``--hidden``, ``--batch-size``, ``--object-store-mb``,
 ``--variants``), or ``--quick`` for a ≈ 30 s smoke run (smaller model, 3 blocks × 2 steps) whose
 timings mean little. Timings are only meaningful on an otherwise idle machine: the "blocks
@@ -82,35 +89,40 @@ second estimate of the efficiency.
 
 Measured 2026-11-23 (2-vCPU AMD EPYC KVM guest, Ray 2.60.0, torch 2.13.0+cpu, object store
 512 MB, 15 blocks × 5 steps; Ray runs its actors at nice 15, so any other process preempts
-them). This host's own 2-core scaling varies from run to run: torch's 1 → 2 thread efficiency
-on the same (tuned) baseline moved between 0.74 and 0.89 in the runs below, and ``ray_sharded``
-moves with it. T = 16, default variants and options, six runs with the one-call step (see
-``cluster/sharded.py``; the sixth after the review mends)::
+them). T = 16, default variants and options, four runs with the baseline tuned as above (fourth
+session of the day)::
 
-    efficiency (1 vs 2 workers)              run 1   run 2   run 3   run 4   run 5   run 6
-    driver/parameter/shm (vs tuned batched)  0.85    0.84    0.82    0.78    0.78    0.84
-    parameter/shm (1 vs 2 actors)            0.81    0.79    0.81    0.79    0.80    0.79
-    batched, 1 vs 2 torch threads            0.83    0.89    0.81    0.82    0.87    0.83
-    step ms, driver + 1 actor                117     119     121     127     138     133
+    efficiency (1 vs 2 workers)              run 1   run 2   run 3   run 4
+    driver/parameter/shm (vs tuned batched)  0.83    0.77    0.81    0.83
+    parameter/shm (1 vs 2 actors)            0.82    0.78    0.81    0.81
+    batched, 1 vs 2 torch threads            0.77    0.80    0.80    0.81
+    host reference (two halves, no exchange) 0.80    0.80    0.82    0.81
+    driver/parameter/shm / host reference    1.03    0.96    1.00    1.02
+    step ms, driver + 1 actor                117     123     116     116
+    step ms, one process, one thread         194     193     190     192
 
-Median 0.83 with the driver's share: the target (0.85) is met in one run of six, so it is
-**not met** on this host. The engine runs at about the host's own parallel speed: t(batched,
-2 threads) / t(driver + 1 actor) was 1.03, 1.00, 0.88 in runs 3-5 (> 1: the Ray row faster);
-one process with one thread took 204-215 ms. FLOP ceilings: 0.97 with the driver's share, 0.94
-actors only. Before the one-call step (Ray calls for the partial Grams and Σ aₜgₜ), four runs
-gave 0.80, 0.72, 0.74, 0.86 (median 0.77; torch threads 0.84, 0.74, 0.76, 0.86) at 127-155 ms.
-Where a 2-worker step goes (driver's side, profiled alone, 118-122 ms): the next step's launch
-2.1 ms (parameters into the arena, the batch put, the call), its forward 7 ms, its own rows 95
-ms (heads pass and VJPs of 8 tasks), partial Gram and barrier 5 ms, solve 0.7 ms, Σ aₜgₜ 2.9
-ms, heads backward and SGD step 1.5 ms; it waits for the actor at the barrier for 0.1-0.2 ms,
-so the driver, not the actor, is the longer path. The rest is this host: two processes
-streaming J (64 MB written, read twice per step) slow each other down (a 64 MB matrix-vector
-product runs 1.14-1.56x slower with two at once; a cache-resident matmul 0.97-1.10x).
+The target (0.85) is **not met** on this host, and the host reference says why: two processes
+that each run the whole step on half the tasks, with nothing exchanged at all, reach only
+0.80-0.82 here, and the engine reaches 0.96-1.03 of that (it can pass it: the reference runs the
+solve and the update twice). Torch's own two threads on the same work: 0.77-0.81. What the host
+takes: two processes each doing 8 tasks at once run 5-9% slower than one alone (shared L3 and
+memory bandwidth; measured with chunks of 1 and 2), and the forward and heads pass, which every
+worker needs, do not split. Against the baseline in chunks of 4 (≈ 4% slower), the six runs of the
+third session gave 0.85, 0.84, 0.82, 0.78, 0.78, 0.84 (median 0.83). Where a 2-worker step goes (driver's side, profiled alone, 118-126 ms): the
+next step's launch 2.1 ms (parameters into the arena, the batch put, the call), its forward 7-8
+ms, its own rows 95-99 ms (heads pass and VJPs of 8 tasks), partial Gram and barrier 5-12 ms,
+solve 0.7 ms, Σ aₜgₜ 2.9-3.1 ms, heads backward and SGD step 1.5 ms; it waits for the actor at
+a barrier for 0.1-0.3 ms, so the two are balanced. Ray's own processes (raylet, GCS, agents, log
+monitor) used ≈ 4% of one core during a run; the actors' niceness (``RAY_worker_niceness=0``
+against Ray's 15) made no difference beyond the noise in one pair of runs.
 
-At T = 8 (one run, ``--tasks 8``): 0.74 with the driver's share (72 ms per step against 102
-for one thread), 0.75 actors only, 0.83 for torch threads (FLOP ceilings 0.94 / 0.89; before
-the one-call step 0.58): the per-step work that does not split (forward and heads pass on each
-worker, launch, solve, update) is a larger part of a step half as long.
+A compute-heavier step does not escape the host either: at ``--batch-size 1024`` (step 4x the
+FLOPs, same J) three runs gave 0.88, 0.82 and 0.75 with the driver's share (host reference 0.87,
+0.71, 0.79; the host's single thread slowed from 688 to 833 ms between the first and second run).
+
+At T = 8 (one run, ``--tasks 8``): 0.76 with the driver's share (69 ms per step against 105
+for one thread), 0.74 actors only, 0.79 for torch threads, host reference 0.80 (FLOP ceilings
+0.94 / 0.89; before the one-call step 0.58).
 
 Bytes per step (all equal to the formulas): the driver and 1 actor, ``parameter``, 37.7 MB at
 T = 16 (reshard 31.5, parameters 4.0, direction 2.0, batch 0.28) and 22.0 MB at T = 8; 2
@@ -224,6 +236,56 @@ class ReusedJacobianBatched(BatchedEngine):
 
 
 register_engine(ReusedJacobianBatched.name, ReusedJacobianBatched)
+
+
+# ---- the host's reference: two halves at once, nothing exchanged ------------------------------
+class HalfProblem:
+    """The tuned baseline's whole MGDA step on ceil(T/2) tasks (a model with that many heads).
+
+    Two of these at once, one in the driver and one in an actor (at the actors' priority), are
+    this host's reference for two workers: each process does what a worker of ``ray_sharded``
+    does (a forward, its tasks' VJPs, a Gram and Σ aₜgₜ reading as many bytes of J) plus a solve
+    and an SGD step of its own, and nothing crosses between them: no exchange, no partial Grams,
+    no parameters sent. Their efficiency t(1 worker) / (2 · t(both at once)) is what this host's
+    shared memory bandwidth, shared L3 cache and neighbours leave of two cores for this work; an
+    engine near it loses little to its exchange (it can pass it: the reference duplicates the
+    solve and the update that the engine runs once).
+    """
+
+    def __init__(
+        self, inputs: int, hidden: int, width: int, tasks: int, batch_size: int, chunk: int
+    ) -> None:
+        torch.set_num_threads(1)
+        half = -(-tasks // 2)
+        self.batch = build_batch(batch_size, inputs, half)
+        model = build_model(inputs, hidden, width, half)
+        self.engine = ReusedJacobianBatched(
+            model, make_taskset(half), Budget("flops", 1e30), self.batch, chunk_size=chunk
+        )
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def step(self) -> None:
+        mgda_step(self.engine, self.optimizer, self.batch)
+
+
+HalfActor = ray.remote(num_cpus=CPUS_PER_ACTOR)(HalfProblem)
+
+
+def prepare_halves(config: Config, args: argparse.Namespace, warmup: int) -> None:
+    """The ``halves`` configuration: each step, the actor's half starts, the driver's half runs,
+    the driver waits for the actor's (one Ray call per step, as the engine's one-call step)."""
+    sizes = (args.inputs, args.hidden, args.width, args.tasks, args.batch_size, args.chunk_two)
+    local = HalfProblem(*sizes)
+    actor = HalfActor.remote(*sizes)
+
+    def both() -> None:
+        remote = actor.step.remote()
+        local.step()
+        ray.get(remote)
+
+    config.step = both
+    for _ in range(max(warmup, 1)):
+        both()
 
 
 # ---- one configuration -----------------------------------------------------------------------
@@ -411,6 +473,11 @@ def print_speedups(
         of_medians = statistics.median(configs[one].times) / statistics.median(configs[two].times)
         row = f"{speedup:10.2f}{speedup / 2:12.2f}{of_medians / 2:12.2f}{spread(ratios):>18}"
         print(f"  {label:<50}{row}")
+    ratios = block_ratios(configs["batched-1"], configs["halves"])
+    reference = statistics.median(ratios)  # the host's, see ``HalfProblem``
+    efficiencies["host"] = reference / 2
+    row = f"{reference:10.2f}{reference / 2:12.2f}{'':>12}{spread(ratios):>18}"
+    print(f"  {'host reference: batched 1 thr / two halves':<50}{row}")
     engine = configs["batched-1"].engine
     for driver_share in sorted({shares(strategy) for strategy, _, _ in actor_labels}):
         ceiling = flop_ceiling(engine, tasks, batch_size, driver_share)
@@ -440,10 +507,15 @@ def print_verdicts(
 ) -> None:
     """The answers in words: target met or not; sharding against torch threads."""
     print()
+    host = efficiencies.pop("host")
     for strategy, efficiency in efficiencies.items():
         verdict = "meets" if efficiency >= TARGET_EFFICIENCY else "does NOT meet"
         target = TARGET_EFFICIENCY
-        print(f"  {strategy}: efficiency {efficiency:.2f} {verdict} the target {target}")
+        print(
+            f"  {strategy}: efficiency {efficiency:.3f} {verdict} the target {target} "
+            f"({efficiency / host:.2f}x the host reference {host:.3f}: two processes with "
+            "half the tasks each and no exchange)"
+        )
     batched_2 = configs["batched-2"]
     best = max(actor_labels, key=lambda labels: median_ratio(batched_2, configs[labels[2]]))
     ratio = median_ratio(batched_2, configs[best[2]])
@@ -495,7 +567,8 @@ def print_gram_check(configs: dict[str, Config]) -> None:
     """Largest relative difference of each config's first Gram from the batched engine's."""
     reference = configs["batched-1"].first_gram
     scale = reference.abs().max()
-    worst = max(float((c.first_gram - reference).abs().max() / scale) for c in configs.values())
+    grams = [c.first_gram for c in configs.values() if c.first_gram is not None]  # not halves'
+    worst = max(float((gram - reference).abs().max() / scale) for gram in grams)
     print(f"\n  first-step Gram, max |G - G_batched| / max|G_batched| over all rows: {worst:.1e}")
 
 
@@ -573,13 +646,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--chunk-one",
         type=int,
-        default=4,
-        help="tasks per batched VJP in a process that computes all T tasks (see 'Chunks')",
+        default=1,
+        help="tasks per batched VJP in a process that computes all T tasks (see 'Baseline')",
     )
     parser.add_argument(
         "--chunk-two",
         type=int,
-        default=2,
+        default=1,
         help="tasks per batched VJP where two workers or two torch threads share the work",
     )
     parser.add_argument("--quick", action="store_true", help="≈ 30 s smoke run (smaller, fewer)")
@@ -627,6 +700,8 @@ def main() -> None:
         )
         for config in configs.values():
             prepare(config, initial, taskset, batch, args.warmup)
+        configs["halves"] = Config("two halves at once, no exchange", "halves", 1)
+        prepare_halves(configs["halves"], args, args.warmup)
         run_blocks(list(configs.values()), args.blocks, args.steps, args.untimed)
         print_step_times(configs)
         efficiencies = print_speedups(configs, actor_labels, args.tasks, args.batch_size)
