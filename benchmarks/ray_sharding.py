@@ -107,14 +107,16 @@ that each run the whole step on half the tasks, with nothing exchanged at all, r
 solve and the update twice). Torch's own two threads on the same work: 0.77-0.81. What the host
 takes: two processes each doing 8 tasks at once run 5-9% slower than one alone (shared L3 and
 memory bandwidth; measured with chunks of 1 and 2), and the forward and heads pass, which every
-worker needs, do not split. Against the baseline in chunks of 4 (≈ 4% slower), the six runs of the
-third session gave 0.85, 0.84, 0.82, 0.78, 0.78, 0.84 (median 0.83). Where a 2-worker step goes (driver's side, profiled alone, 118-126 ms): the
-next step's launch 2.1 ms (parameters into the arena, the batch put, the call), its forward 7-8
-ms, its own rows 95-99 ms (heads pass and VJPs of 8 tasks), partial Gram and barrier 5-12 ms,
-solve 0.7 ms, Σ aₜgₜ 2.9-3.1 ms, heads backward and SGD step 1.5 ms; it waits for the actor at
-a barrier for 0.1-0.3 ms, so the two are balanced. Ray's own processes (raylet, GCS, agents, log
-monitor) used ≈ 4% of one core during a run; the actors' niceness (``RAY_worker_niceness=0``
-against Ray's 15) made no difference beyond the noise in one pair of runs.
+worker needs, do not split. Against the baseline in chunks of 4 (≈ 4% slower), the six runs of
+the third session gave 0.85, 0.84, 0.82, 0.78, 0.78, 0.84 (median 0.83).
+
+Where a 2-worker step goes (driver's side, profiled alone, 118-126 ms): the next step's launch
+2.1 ms (parameters into the arena, the batch put, the call), its forward 7-8 ms, its own rows
+95-99 ms (heads pass and VJPs of 8 tasks), partial Gram and barrier 5-12 ms, solve 0.7 ms,
+Σ aₜgₜ 2.9-3.1 ms, heads backward and SGD step 1.5 ms; it waits for the actor at a barrier for
+0.1-0.3 ms, so the two are balanced. Ray's own processes (raylet, GCS, agents, log monitor) used
+≈ 4% of one core during a run; the actors' niceness (``RAY_worker_niceness=0`` against Ray's 15)
+made no difference beyond the noise in one pair of runs.
 
 A compute-heavier step does not escape the host either: at ``--batch-size 1024`` (step 4x the
 FLOPs, same J) three runs gave 0.88, 0.82 and 0.75 with the driver's share (host reference 0.87,
@@ -453,8 +455,9 @@ def print_step_times(configs: dict[str, Config]) -> None:
 
 def print_speedups(
     configs: dict[str, Config], actor_labels: Labels, tasks: int, batch_size: int
-) -> dict[str, float]:
-    """Speedup 1 → 2 workers and efficiency (speedup / 2); returns the efficiency by strategy.
+) -> tuple[dict[str, float], float]:
+    """Speedup 1 → 2 workers and efficiency (speedup / 2); returns the efficiency by strategy
+    and the host reference's (``HalfProblem``).
 
     speedup: the median over blocks of t(1) / t(2) timed in the same block (the figure judged
     against the target); "of medians": median t(1) / median t(2), a second estimate whose gap
@@ -475,7 +478,6 @@ def print_speedups(
         print(f"  {label:<50}{row}")
     ratios = block_ratios(configs["batched-1"], configs["halves"])
     reference = statistics.median(ratios)  # the host's, see ``HalfProblem``
-    efficiencies["host"] = reference / 2
     row = f"{reference:10.2f}{reference / 2:12.2f}{'':>12}{spread(ratios):>18}"
     print(f"  {'host reference: batched 1 thr / two halves':<50}{row}")
     engine = configs["batched-1"].engine
@@ -484,7 +486,7 @@ def print_speedups(
         text = "ceiling from FLOPs, " + ("driver's share" if driver_share else "actors only")
         print(f"  {text:<50}{ceiling:10.2f}{ceiling / 2:12.2f}")
     del efficiencies["batched"]
-    return efficiencies
+    return efficiencies, reference / 2
 
 
 def print_against_local(configs: dict[str, Config], actor_labels: Labels) -> None:
@@ -503,11 +505,11 @@ def print_against_local(configs: dict[str, Config], actor_labels: Labels) -> Non
 
 
 def print_verdicts(
-    configs: dict[str, Config], actor_labels: Labels, efficiencies: dict[str, float]
+    configs: dict[str, Config], actor_labels: Labels, efficiencies: dict[str, float], host: float
 ) -> None:
-    """The answers in words: target met or not; sharding against torch threads."""
+    """The answers in words: target met or not, and against the host reference (efficiency
+    ``host``); sharding against torch threads."""
     print()
-    host = efficiencies.pop("host")
     for strategy, efficiency in efficiencies.items():
         verdict = "meets" if efficiency >= TARGET_EFFICIENCY else "does NOT meet"
         target = TARGET_EFFICIENCY
@@ -704,9 +706,9 @@ def main() -> None:
         prepare_halves(configs["halves"], args, args.warmup)
         run_blocks(list(configs.values()), args.blocks, args.steps, args.untimed)
         print_step_times(configs)
-        efficiencies = print_speedups(configs, actor_labels, args.tasks, args.batch_size)
+        efficiencies, host = print_speedups(configs, actor_labels, args.tasks, args.batch_size)
         print_against_local(configs, actor_labels)
-        print_verdicts(configs, actor_labels, efficiencies)
+        print_verdicts(configs, actor_labels, efficiencies, host)
         print_gram_check(configs)
         batch_numbers = args.batch_size * (args.inputs + args.tasks)
         agree = print_bytes(configs, actor_labels, args.tasks, batch_numbers)
