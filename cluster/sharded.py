@@ -260,6 +260,11 @@ class RayShardedEngine(GradientEngine):
                 f"got {driver_share!r}"
             )
         super().__init__(model, taskset, budget, calibration)
+        # the arena holds one batch of the calibration batch's shapes (see ``_step_ref``)
+        self._batch_layout = tuple(
+            (tuple(part.shape), part.dtype) for part in calibration if isinstance(part, Tensor)
+        )
+        self._arena_batch_token = -1  # the step whose batch the arena holds
         requested = actors or int(os.environ.get(ACTORS_ENV, "0") or 0)
         if requested < 0 or (actors is not None and actors < 1):
             raise ValueError(f"engine_options.actors: must be >= 1, got {actors}")
@@ -390,8 +395,8 @@ class RayShardedEngine(GradientEngine):
         self.transport = "shared_memory"
 
     def _arena_tensors(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """The shared buffers: the model's state, the (T, P) exchange, the (P,) direction, and
-        for one-call steps the (W, T, T) partial Grams and the (T,) weights."""
+        """The shared buffers: the model's state, the (T, P) exchange, the (P,) direction, for
+        one-call steps the (W, T, T) partial Grams and the (T,) weights, and one batch."""
         dtype = next(iter(self.model.shared_parameters())).dtype
         tensors = {
             f"state/{name}": (tuple(tensor.shape), tensor.dtype)
@@ -401,6 +406,8 @@ class RayShardedEngine(GradientEngine):
         tensors["direction"] = ((self.num_shared,), dtype)
         tensors["partials"] = ((self.workers, self.num_tasks, self.num_tasks), dtype)
         tensors["weights"] = ((self.num_tasks,), dtype)
+        if len(self._batch_layout) == 2:
+            tensors["batch/inputs"], tensors["batch/targets"] = self._batch_layout
         return tensors
 
     def _check_transport(self) -> None:
@@ -489,7 +496,19 @@ class RayShardedEngine(GradientEngine):
             self.pool.versions[rank] = version_id
 
     def _step_ref(self, batch: Batch, replay: _Replay) -> tuple[Any, int, int]:
-        """The batch and the RNG state of the step, put in the object store once per step."""
+        """The batch and the RNG state of the step: the batch in the arena when it has the
+        calibration batch's shapes (the RNG state, 5 kB, then travels inside the call), else
+        both put in the object store once per step. Why: the put cost ≈ 1.4 ms of the driver's
+        step (256 × 272 numbers), the copy into the arena ≈ 0.05 ms. Called only while the
+        actors are idle (every caller settles the exchange in flight first)."""
+        if self._arena is not None and self._batch_fits_arena(batch):
+            if self._arena_batch_token != replay.token:  # another step's batch may be there
+                self._arena["batch/inputs"].copy_(batch[0].detach())
+                self._arena["batch/targets"].copy_(batch[1].detach())
+                self._arena_batch_token = replay.token
+            batch_bytes = sum(part.numel() * part.element_size() for part in batch)
+            rng_bytes = nbytes_of(list(replay.rng.values()))
+            return {"rng": replay.rng, "batch_in_arena": True}, batch_bytes, rng_bytes
         if replay.step_ref is None:
             inputs, targets = to_numpy(batch[0]), to_numpy(batch[1])
             step = {"inputs": inputs, "targets": targets, "rng": replay.rng}
@@ -499,6 +518,11 @@ class RayShardedEngine(GradientEngine):
                 nbytes_of(list(replay.rng.values())),
             )
         return replay.step_ref
+
+    def _batch_fits_arena(self, batch: Batch) -> bool:
+        """Whether ``batch`` is (inputs, targets) of the arena's batch shapes and dtypes."""
+        parts = tuple((tuple(part.shape), part.dtype) for part in batch if isinstance(part, Tensor))
+        return len(batch) == 2 and len(parts) == 2 and parts == self._batch_layout
 
     def _resilient(self, protocol: Callable[[], Result]) -> Result:
         """Run an exchange; if an actor died, replace it and redo the exchange from the start."""

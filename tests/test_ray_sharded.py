@@ -517,6 +517,33 @@ def test_driver_share_failing_releases_the_actors_waiting_for_it() -> None:
     engine.close()
 
 
+@pytest.mark.skipif(not HAS_SHM, reason="no /dev/shm")
+@pytest.mark.parametrize("driver_share", [True, False], ids=["driver-share", "actors-only"])
+def test_batch_in_the_arena_follows_the_step_asked_for_and_ragged_batches_go_by_store(
+    driver_share,
+) -> None:
+    """The batch travels in the arena when it has the calibration batch's shapes, else (a
+    ragged last batch) through the object store. Three forwards, then the Grams asked newest
+    first: the arena must hold the batch of the step asked for, not of the last forward. Equal
+    to the loop engine, which keeps every step's graph."""
+    build, taskset, batches = lenet_problem(count=3)
+    ragged = (batches[2][0][:9], batches[2][1][:9])
+    sequence = [batches[0], ragged, batches[1]]
+    grams = {}
+    options = {"actors": 2, "transport": "shared_memory", "driver_share": driver_share}
+    for name, engine_options in (("loop", {}), ("ray_sharded", options)):
+        engine = get_engine(name)(
+            build(), taskset, Budget("flops", 1e18), batches[0], **engine_options
+        )
+        torch.manual_seed(3)  # the same dropout masks in both
+        states = [engine.forward(batch) for batch in sequence]
+        grams[name] = [engine.shared_gram(state) for state in reversed(states)]
+        if name == "ray_sharded":
+            assert engine._arena_batch_token == states[0].replay.token  # the last one asked
+            engine.close()
+    assert_close_lists(grams["loop"], grams["ray_sharded"])
+
+
 def test_auto_transport_without_room_in_shared_memory_says_why_and_stays_exact(
     monkeypatch, caplog
 ) -> None:
