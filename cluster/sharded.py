@@ -28,12 +28,15 @@ itself shipped (the optimizer belongs to the method and runs on the driver): the
 per step, but not bit-exact (θ + (θ' − θ) ≠ θ' in floating point) and with optimizer state to
 replicate. Each actor then replays the driver's forward on the same batch with the driver's RNG
 state, so dropout draws the same masks and its rows equal the driver's to rounding. The batch and
-the RNG state are put in the object store once per step, whatever K and however many requests.
+the RNG state are put in the object store once per step, whatever K and however many requests
+(over shared memory the batch goes into the arena instead, when it has the calibration batch's
+shapes, and the RNG state travels inside the call).
 
 Transport (option ``transport``): what crosses between processes goes either through Ray's
 object store (``object_store``: works across machines) or through one node-local shared-memory
 arena that the driver creates and every actor maps (``shared_memory``, ``cluster/node_shared.py``:
-the parameters, the (T, P) exchange of Jacobian rows, the (P,) direction), with a barrier of
+the parameters, which the actors' replicas use in place, one batch, the (T, P) exchange of
+Jacobian rows, the (P,) direction), with a barrier of
 named pipes among the workers (the driver is one when it shares, and watches the actors while
 it waits: a dead one would hold it there). ``auto`` (default) takes shared memory when every actor runs on
 the driver's machine, on the CPU, and ``/dev/shm`` has room for T·P + P + P_all numbers; else the
