@@ -89,39 +89,44 @@ second estimate of the efficiency.
 
 Measured 2026-11-23 (2-vCPU AMD EPYC KVM guest, Ray 2.60.0, torch 2.13.0+cpu, object store
 512 MB, 15 blocks × 5 steps; Ray runs its actors at nice 15, so any other process preempts
-them). T = 16, default variants and options, seven runs with the baseline tuned as above (fourth
+them). T = 16, default variants and options, ten runs with the baseline tuned as above (fourth
 session of the day). In runs 1-4 the host reference formed its Gram as one product, which MKL
-makes slow at its shape (see ``column_blocked_gram``): those references are low by ≈ 4%. Runs
-5-7 have the tuned reference, on a host that had turned noisier (one thread: 207-234 ms)::
+makes slow at its shape (see ``column_blocked_gram``): those references are low by ≈ 4%. From
+run 5 on the reference is tuned, on a host that had turned noisier (one thread: 204-234 ms,
+blocks of one run spread over 1.5x); runs 8-10 have the batch in the arena and the actors'
+parameters in place (``cluster/sharded.py``), which cut the driver's launch from 2.2 to 1.0 ms
+and the wait for the actor's rows from 1.4 to 0.2 ms (profiled)::
 
-    efficiency (1 vs 2 workers)              1     2     3     4     5     6     7
-    driver/parameter/shm (vs tuned batched)  0.83  0.77  0.81  0.83  0.70  0.82  0.78
-    parameter/shm (1 vs 2 actors)            0.82  0.78  0.81  0.81  0.76  0.74  0.75
-    batched, 1 vs 2 torch threads            0.77  0.80  0.80  0.81  0.69  0.77  0.70
-    host reference (two halves, no exchange) 0.80  0.80  0.82  0.81  0.76  0.86  0.82
-    driver/parameter/shm / host reference    1.03  0.96  1.00  1.02  0.92  0.96  0.95
-    step ms, driver + 1 actor                117   123   116   116   167   128   136
-    step ms, one process, one thread         194   193   190   192   234   222   207
+    efficiency (1 vs 2 workers)        1     2     3     4     5     6     7     8     9     10
+    driver/parameter/shm (vs batched)  0.83  0.77  0.81  0.83  0.70  0.82  0.78  0.76  0.69  0.76
+    parameter/shm (1 vs 2 actors)      0.82  0.78  0.81  0.81  0.76  0.74  0.75  0.76  0.81  0.80
+    batched, 1 vs 2 torch threads      0.77  0.80  0.80  0.81  0.69  0.77  0.70  0.67  0.71  0.73
+    host reference (two halves)        0.80  0.80  0.82  0.81  0.76  0.86  0.82  0.74  0.83  0.81
+    driver/parameter/shm / reference   1.03  0.96  1.00  1.02  0.92  0.96  0.95  1.03  0.84  0.94
+    step ms, driver + 1 actor          117   123   116   116   167   128   136   145   152   133
+    step ms, one process, one thread   194   193   190   192   234   222   207   204   210   212
 
 The target (0.85) is **not met** on this host, and the host reference says why: two processes
-that each run the whole step on half the tasks, with nothing exchanged at all, reach 0.76-0.86
-here (tuned, runs 5-7; median 0.82), and the engine reaches 0.92-0.96 of that; torch's own two
-threads on the same work reach 0.69-0.81. So even an engine that cost nothing over the
-reference would meet the target in about one run of three here. What the host takes: two
-processes each doing 8 tasks at once run 5-9% slower than one alone (shared L3 and memory
-bandwidth; measured with chunks of 1 and 2), and the forward and heads pass, which every worker
-needs, do not split. What the engine adds (4-8% of the reference's step): the launch, the
-parameters into the arena and the direction out of it, four barriers. Against the baseline in
-chunks of 4 (≈ 4% slower), the six runs of the third session gave 0.85, 0.84, 0.82, 0.78, 0.78,
-0.84 (median 0.83).
+that each run the whole step on half the tasks, with nothing exchanged at all, reach 0.74-0.86
+here (tuned, runs 5-10; median 0.82, above 0.85 in one run of six), and the engine reaches
+0.84-1.03 of that (median 0.95); torch's own two threads on the same work reach 0.67-0.81. So
+an engine that cost nothing over the reference would still miss the target in most runs here.
+What the host takes: two processes each doing 8 tasks at once run 5-9% slower than one alone
+(shared L3 and memory bandwidth: the partial Gram, which reads 32 MB of the exchange, takes
+4.8 ms alone and 7-10 ms while the other worker reads its own half), and the forward and heads
+pass, which every worker needs, do not split. What the engine adds: the launch, the
+direction out of the arena, four barriers, and workers that meet in their memory-bound phases
+where two independent processes drift apart. Against the baseline in chunks of 4 (≈ 4% slower),
+the six runs of the third session gave 0.85, 0.84, 0.82, 0.78, 0.78, 0.84 (median 0.83).
 
-Where a 2-worker step goes (driver's side, profiled alone, 118-126 ms): the next step's launch
-2.1 ms (parameters into the arena, the batch put, the call), its forward 7-8 ms, its own rows
-95-99 ms (heads pass and VJPs of 8 tasks), partial Gram and barrier 5-12 ms, solve 0.7 ms,
-Σ aₜgₜ 2.9-3.1 ms, heads backward and SGD step 1.5 ms; it waits for the actor at a barrier for
-0.1-0.3 ms, so the two are balanced. Ray's own processes (raylet, GCS, agents, log monitor) used
-≈ 4% of one core during a run; the actors' niceness (``RAY_worker_niceness=0`` against Ray's 15)
-made no difference beyond the noise in one pair of runs.
+Where a 2-worker step goes (driver's side, profiled alone, 118-126 ms, before runs 8-10): the
+next step's launch 2.1 ms (parameters into the arena, the batch put, the call; 1.0 ms with the
+batch in the arena), its forward 7-8 ms, its own rows 95-99 ms (heads pass and VJPs of 8 tasks),
+partial Gram and barrier 5-12 ms, solve 0.7 ms, Σ aₜgₜ 2.9-3.1 ms, heads backward and SGD step
+1.5 ms; it waits for the actor at a barrier for 0.1-0.3 ms, so the two are balanced. Ray's own
+processes (raylet, GCS, agents, log monitor) used ≈ 4% of one core during a run; the actors'
+niceness (``RAY_worker_niceness=0`` against Ray's 15) made no difference beyond the noise in one
+pair of runs.
 
 A compute-heavier step does not escape the host either: at ``--batch-size 1024`` (step 4x the
 FLOPs, same J) three runs gave 0.88, 0.82 and 0.75 with the driver's share (host reference 0.87,
