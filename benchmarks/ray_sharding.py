@@ -172,12 +172,12 @@ from mtlbench.methods.min_norm import min_norm_weights
 from torch import Tensor
 
 RAY_CPUS = 2
-# Every ray_sharded engine keeps its actors for the whole run, so that the K = 1 and K = 2 engines
-# can be timed in interleaved blocks: 1 + 2 actors per variant, 9 in all, more than 2 whole
-# logical CPUs. Ray's CPU count is a reservation, not a pinning: only one configuration runs at a
-# time, so at most 2 actor processes (one torch thread each) compute at once. Each actor therefore
-# reserves a fifth of a logical CPU (9 × 0.2 ≤ 2) and runs exactly one torch thread.
-CPUS_PER_ACTOR = 0.2
+# Every ray_sharded engine keeps its actors for the whole run, so that its configurations can be
+# timed in interleaved blocks: 1 + 2 actors per actors-only variant, 1 per driver's-share variant,
+# and the host reference's 1, more than 2 whole logical CPUs. Ray's CPU count is a reservation,
+# not a pinning: only one configuration runs at a time, so at most 2 actor processes (one torch
+# thread each) compute at once. Each actor therefore reserves RAY_CPUS / (actors in the run)
+# (``cpus_per_actor``) and runs exactly one torch thread.
 THREADS_PER_ACTOR = 1
 FLOAT_BYTES = 4
 TARGET_EFFICIENCY = 0.85  # the issue's target for speedup / K
@@ -304,15 +304,16 @@ class HalfProblem:
         mgda_step(self.engine, self.optimizer, self.batch)
 
 
-HalfActor = ray.remote(num_cpus=CPUS_PER_ACTOR)(HalfProblem)
+HalfActor = ray.remote(HalfProblem)
 
 
-def prepare_halves(config: Config, args: argparse.Namespace, warmup: int) -> None:
+def prepare_halves(config: Config, args: argparse.Namespace, warmup: int, cpus: float) -> None:
     """The ``halves`` configuration: each step, the actor's half starts, the driver's half runs,
-    the driver waits for the actor's (one Ray call per step, as the engine's one-call step)."""
+    the driver waits for the actor's (one Ray call per step, as the engine's one-call step).
+    cpus: the actor's CPU reservation (see ``cpus_per_actor``)."""
     sizes = (args.inputs, args.hidden, args.width, args.tasks, args.batch_size, args.chunk_two)
     local = HalfProblem(*sizes)
-    actor = HalfActor.remote(*sizes)
+    actor = HalfActor.options(num_cpus=cpus).remote(*sizes)
 
     def both() -> None:
         remote = actor.step.remote()
@@ -501,26 +502,27 @@ def print_speedups(
     print(f"\n  {'1 vs 2 workers':<50}{header}")
     pairs = {strategy: (one, two) for strategy, one, two in actor_labels}
     pairs["batched"] = ("batched-1", "batched-2")
+    pairs["host"] = ("batched-1", "halves")  # the host's reference, see ``HalfProblem``
+    labels = {
+        "batched": "batched: 1 / 2 torch threads",
+        "host": "host reference: batched 1 thr / two halves",
+    }
     efficiencies = {}
     for strategy, (one, two) in pairs.items():
         ratios = block_ratios(configs[one], configs[two])
         speedup = statistics.median(ratios)
         efficiencies[strategy] = speedup / 2
-        label = "batched: 1 / 2 torch threads" if strategy == "batched" else pair_label(strategy)
+        label = labels.get(strategy) or pair_label(strategy)
         of_medians = statistics.median(configs[one].times) / statistics.median(configs[two].times)
         row = f"{speedup:10.2f}{speedup / 2:12.2f}{of_medians / 2:12.2f}{spread(ratios):>18}"
         print(f"  {label:<50}{row}")
-    ratios = block_ratios(configs["batched-1"], configs["halves"])
-    reference = statistics.median(ratios)  # the host's, see ``HalfProblem``
-    row = f"{reference:10.2f}{reference / 2:12.2f}{'':>12}{spread(ratios):>18}"
-    print(f"  {'host reference: batched 1 thr / two halves':<50}{row}")
     engine = configs["batched-1"].engine
     for driver_share in sorted({shares(strategy) for strategy, _, _ in actor_labels}):
         ceiling = flop_ceiling(engine, tasks, batch_size, driver_share)
         text = "ceiling from FLOPs, " + ("driver's share" if driver_share else "actors only")
         print(f"  {text:<50}{ceiling:10.2f}{ceiling / 2:12.2f}")
     del efficiencies["batched"]
-    return efficiencies, reference / 2
+    return efficiencies, efficiencies.pop("host")
 
 
 def print_against_local(configs: dict[str, Config], actor_labels: Labels) -> None:
@@ -609,6 +611,13 @@ def print_gram_check(configs: dict[str, Config]) -> None:
 
 
 # ---- main ------------------------------------------------------------------------------------
+def cpus_per_actor(variants: list[str]) -> float:
+    """Each actor's CPU reservation, so that every actor of the run fits in RAY_CPUS: the
+    variants' actors (1 with the driver's share, else 1 + 2) and the host reference's one."""
+    actors = sum(1 if VARIANTS[strategy][3] else 3 for strategy in variants) + 1
+    return RAY_CPUS / actors
+
+
 def make_configs(
     tasks: int, variants: list[str], chunk_one: int, chunk_two: int
 ) -> tuple[dict[str, Config], Labels]:
@@ -631,7 +640,7 @@ def make_configs(
                 "transport": transport,
                 "prefetch": prefetch,
                 "driver_share": driver_share,
-                "cpus_per_actor": CPUS_PER_ACTOR,
+                "cpus_per_actor": cpus_per_actor(variants),
                 "threads_per_actor": THREADS_PER_ACTOR,
                 "chunk_size": chunk_one if actors + driver_share == 1 else chunk_two,
             }
@@ -737,7 +746,7 @@ def main() -> None:
         for config in configs.values():
             prepare(config, initial, taskset, batch, args.warmup)
         configs["halves"] = Config("two halves at once, no exchange", "halves", 1)
-        prepare_halves(configs["halves"], args, args.warmup)
+        prepare_halves(configs["halves"], args, args.warmup, cpus_per_actor(args.variants))
         run_blocks(list(configs.values()), args.blocks, args.steps, args.untimed)
         print_step_times(configs)
         efficiencies, host = print_speedups(configs, actor_labels, args.tasks, args.batch_size)
