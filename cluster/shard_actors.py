@@ -223,12 +223,10 @@ class ShardWorker:
         if version == self.version:
             return
         names = list(self.model.state_dict())
-        if holder is None:  # the parameters are the arena's (``_alias_parameters``)
+        if holder is None:  # the parameters are the arena's already (``_alias_parameters``)
             state = {name: self.arena[f"state/{name}"] for name in names}
-            aliased = {name for name, _ in self.model.named_parameters()}
-            self.model.load_state_dict(
-                {name: t for name, t in state.items() if name not in aliased}, strict=False
-            )
+            buffers = {name: state[name] for name, _ in self.model.named_buffers() if name in state}
+            self.model.load_state_dict(buffers, strict=False)
         else:
             arrays = ray.get(holder[0])
             state = {name: as_tensor(array, self.device) for name, array in zip(names, arrays)}
@@ -243,7 +241,8 @@ class ShardWorker:
     def _replay(self, step: dict[str, Any], training: bool) -> StepState:
         """The driver's forward, redone: same parameters, batch and RNG state. The heads are
         replayed only when the z-gradients need the step's own heads forward (no per-task pass)."""
-        if step.get("batch_in_arena"):  # copied: the driver rewrites it for the next step
+        if step.get("batch_in_arena"):  # copied (B × D_in): no tensor kept past this call may
+            # point at the arena's batch, which the driver rewrites for the next step
             inputs, targets = (
                 self.arena[f"batch/{part}"].clone() for part in ("inputs", "targets")
             )

@@ -34,21 +34,22 @@ shapes, and the RNG state travels inside the call).
 
 Transport (option ``transport``): what crosses between processes goes either through Ray's
 object store (``object_store``: works across machines) or through one node-local shared-memory
-arena that the driver creates and every actor maps (``shared_memory``, ``cluster/node_shared.py``:
-the parameters, which the actors' replicas use in place, one batch, the (T, P) exchange of
-Jacobian rows, the (P,) direction), with a barrier of
-named pipes among the workers (the driver is one when it shares, and watches the actors while
-it waits: a dead one would hold it there). ``auto`` (default) takes shared memory when every actor runs on
-the driver's machine, on the CPU, and ``/dev/shm`` has room for T·P + P + P_all numbers; else the
-object store (on one machine with a warning; the reason is the report's ``transport_reason``). Why: on one machine the object store costs a fresh sealed object per block and a
-round trip through the driver between "rows written" and "Gram formed"; measured on the 2-core CI
-machine (T = 16, K = 2, ``benchmarks/ray_sharding.py``) that was ≈ 30 ms of a ≈ 160 ms step.
-With shared memory an actor writes its rows into the exchange (all columns: its own block beside
-the others' makes its column shard one strided (T, P_rank) view, whose Gram is one matrix product,
-2x faster here than four block products), meets its peers at the barrier, and forms its partial
-Gram in the same call: one call per step for rows and Gram, one for Σ aₜgₜ. With the driver's
-share the whole step is one call (``ShardWorker.rows_gram_combine``): the partial Grams and the
-weights of Σ aₜgₜ also go through the arena, in four barrier phases (rows, partial Grams, weights,
+arena that the driver creates and every actor maps (``shared_memory``,
+``cluster/node_shared.py``: the parameters, which the actors' replicas use in place, one batch,
+the (T, P) exchange of Jacobian rows, the (P,) direction), with a barrier of named pipes among
+the workers (the driver is one when it shares, and watches the actors while it waits: a dead one
+would hold it there). ``auto`` (default) takes shared memory when every actor runs on the
+driver's machine, on the CPU, and ``/dev/shm`` has room for T·P + P + P_all numbers; else the
+object store (on one machine with a warning; the reason is the report's ``transport_reason``).
+Why: on one machine the object store costs a fresh sealed object per block and a round trip
+through the driver between "rows written" and "Gram formed"; measured on the 2-core CI machine
+(T = 16, K = 2, ``benchmarks/ray_sharding.py``) that was ≈ 30 ms of a ≈ 160 ms step. With shared
+memory an actor writes its rows into the exchange (all columns: its own block beside the others'
+makes its column shard one strided (T, P_rank) view, whose Gram is one matrix product, 2x faster
+here than four block products), meets its peers at the barrier, and forms its partial Gram in
+the same call: one call per step for rows and Gram, one for Σ aₜgₜ. With the driver's share the
+whole step is one call (``ShardWorker.rows_gram_combine``): the partial Grams and the weights of
+Σ aₜgₜ also go through the arena, in four barrier phases (rows, partial Grams, weights,
 direction), so no Ray round trip sits between the solver and the update (Σ aₜgₜ measured 5.2 →
 2.9 ms on the driver at T = 16); a step that asks for no Σ aₜgₜ lets its actors go at the next
 forward. The logical bytes below are the same for both transports (what one process writes and
@@ -76,10 +77,11 @@ width; with the driver's share, its T/W rows and P/W columns never cross)::
 
 ``parameter`` moves (W−1)/W·T·P + P + K·T² numbers against ``gather``'s T·P: fewer from W ≤ T−1
 on (for W = 2, T = 8: 0.625·T·P against T·P), and the driver never gathers the T×P Jacobian (it
-holds its own rows at most); the sum of the W partial Grams differs from J Jᵀ by rounding only. So ``parameter`` is the default; ``gather`` is kept for methods that need J itself.
-A task-sharded all-gather among the actors instead (each needs every row to form its Gram
-blocks) would move (K−1)·T·P. An actor never concatenates its column shard: it forms its partial
-Gram and its slice of Σ aₜgₜ block by block from its own rows (a view) and the blocks received.
+holds its own rows at most); the sum of the W partial Grams differs from J Jᵀ by rounding only.
+So ``parameter`` is the default; ``gather`` is kept for methods that need J itself. A
+task-sharded all-gather among the actors instead (each needs every row to form its Gram blocks)
+would move (K−1)·T·P. An actor never concatenates its column shard: it forms its partial Gram
+and its slice of Σ aₜgₜ block by block from its own rows (a view) and the blocks received.
 
 The Gram is kept with the step: asking for it again returns the same matrix, with no pass, no
 byte and no charge (nothing is recomputed).
@@ -304,6 +306,7 @@ class RayShardedEngine(GradientEngine):
         self._own_pieces: list[Tensor] = []  # the driver's column shard of the resident step
         self.task_shards: list[list[int]] = []
         self.column_bounds: list[int] = []
+        self._reshard_bytes = 0  # per parameter-shard exchange, set when the actors start
         self._pool: ShardPool | None = None
         self._tensors = [*model.parameters(), *model.buffers()]
         self._synced_version: tuple[int, ...] | None = None
@@ -334,6 +337,13 @@ class RayShardedEngine(GradientEngine):
             self.column_bounds = [
                 int(b) for b in np.linspace(0, self.num_shared, workers + 1).round().astype(int)
             ]
+            # per parameter-shard exchange: every worker's rows, less its own columns, in J's dtype
+            item = next(iter(self.model.shared_parameters())).element_size()
+            bounds = self.column_bounds
+            own = sum(
+                len(shard) * (b - a) for shard, a, b in zip(self.task_shards, bounds, bounds[1:])
+            )
+            self._reshard_bytes = (self.num_tasks * self.num_shared - own) * item
             if share:
                 self._own = ReplicaVJP(
                     self.model, self.taskset, self.task_shards[0], self.chunk_size
@@ -525,7 +535,7 @@ class RayShardedEngine(GradientEngine):
     def _batch_fits_arena(self, batch: Batch) -> bool:
         """Whether ``batch`` is (inputs, targets) of the arena's batch shapes and dtypes."""
         parts = tuple((tuple(part.shape), part.dtype) for part in batch if isinstance(part, Tensor))
-        return len(batch) == 2 and len(parts) == 2 and parts == self._batch_layout
+        return len(self._batch_layout) == len(batch) == 2 and parts == self._batch_layout
 
     def _resilient(self, protocol: Callable[[], Result]) -> Result:
         """Run an exchange; if an actor died, replace it and redo the exchange from the start."""
@@ -650,6 +660,12 @@ class RayShardedEngine(GradientEngine):
         own = len(self.task_shards[0]) if self.driver_share else 0
         return (exchange.shape[0] - own) * exchange.shape[1] * exchange.element_size()
 
+    def _actor_direction_bytes(self) -> int:
+        """Bytes of the arena's (P,) direction the actors wrote (less the driver's columns)."""
+        direction = self._arena["direction"]
+        own = self.column_bounds[1] if self.driver_share else 0
+        return (direction.numel() - own) * direction.element_size()
+
     def _gather_rows(self, state: StepState) -> Tensor:
         self._settle_in_flight()  # the rows overwrite the shared exchange
         args = self._row_call_args((state.inputs, state.targets), state.replay)
@@ -732,13 +748,8 @@ class RayShardedEngine(GradientEngine):
         actors = self.pool.actors
         args = self._row_call_args(batch, replay)
         workers = self.workers
-        counts = [len(shard) for shard in self.task_shards]
-        widths = np.diff(self.column_bounds)
-        item = next(iter(self.model.shared_parameters())).element_size()  # J's dtype
-        for source in range(workers):
-            for target in range(workers):
-                if source != target:
-                    self.stats.add("reshard", counts[source] * int(widths[target]) * item)
+        if self._reshard_bytes:  # one worker exchanges nothing
+            self.stats.add("reshard", self._reshard_bytes)
         if self._arena is not None and self.driver_share:  # one call per step, 4 barrier ids
             exchange_id = 4 * next(self._exchange_ids)
             calls = [actor.rows_gram_combine.remote(exchange_id, token, *args) for actor in actors]
@@ -905,12 +916,8 @@ class RayShardedEngine(GradientEngine):
         slices = ray.get(calls)
         self.stats.add("weights", weights_array.nbytes * len(slices))
         if self._arena is not None:  # each worker wrote its columns of the direction
-            direction = self._arena["direction"]
-            own_bytes = (
-                self.column_bounds[1] if self.driver_share else 0
-            ) * direction.element_size()
-            self.stats.add("direction", direction.nbytes - own_bytes)
-            return direction.to(self.device, copy=True)
+            self.stats.add("direction", self._actor_direction_bytes())
+            return self._arena["direction"].to(self.device, copy=True)
         self.stats.add("direction", nbytes_of(slices))
         return torch.cat([*own, *(as_tensor(s, self.device) for s in slices)])
 
@@ -931,7 +938,7 @@ class RayShardedEngine(GradientEngine):
         self._call_off_on_failure(exchange, weights_and_slice)
         self._finished_calls.extend(exchange.calls)
         self.stats.add("weights", self._arena["weights"].nbytes * self.num_actors)
-        self.stats.add("direction", direction.nbytes - stop * direction.element_size())
+        self.stats.add("direction", self._actor_direction_bytes())
         return direction.to(self.device, copy=True)
 
     def representation_gradients(self, state: StepState) -> Tensor:
