@@ -171,23 +171,26 @@ def scale(
 @app.command()
 def info() -> None:
     """List registered methods, datasets (tasks, default model size) and gradient engines."""
+    from mtlbench.harness.catalog import method_catalog
     from mtlbench.harness.gradients import engine_names
     from mtlbench.harness.model import count_parameters
     from mtlbench.harness.registry import DATASETS, METHODS
 
     out = Console()
     methods = Table(title="methods")
-    methods.add_column("name")
-    methods.add_column("default engine")
-    methods.add_column("parameters")
-    methods.add_column("description")
-    for name, cls in METHODS.items():
-        fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.Params.model_fields.items())
-        summary = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        methods.add_row(name, cls.default_engine, fields, summary)
+    methods.add_column("name", no_wrap=True)  # names are what a suite types: never folded
+    for column in ("family", "paper", "consumes", "per-step cost", "engines", "parameters"):
+        methods.add_column(column)
+    for entry in method_catalog():
+        engines = f"{entry.engines} (default {entry.default_engine})"
+        methods.add_row(
+            entry.name, entry.family, entry.paper, entry.consumes, entry.cost, engines,
+            entry.parameters,
+        )
     out.print(methods)
     datasets = Table(title="datasets")
-    for column in ("name", "tasks", "default model", "parameters (shared / heads)"):
+    datasets.add_column("name", no_wrap=True)
+    for column in ("tasks", "default model", "parameters (shared / heads)"):
         datasets.add_column(column)
     for name, cls in DATASETS.items():
         params = cls.Params()

@@ -151,6 +151,11 @@ def parse_suite(data: Any, source: str = "suite") -> SuiteConfig:
             raise ConfigError(
                 f"{source}: {field}.engine: unknown engine {engine!r} (known: {known})"
             )
+        if method_cls.engines is not None and engine not in method_cls.engines:
+            raise ConfigError(
+                f"{source}: {field}.engine: method {entry.name!r} does not run on {engine!r} "
+                f"(it runs on: {', '.join(method_cls.engines)})"
+            )
         for taskset in tasksets.values():
             try:
                 method_cls.check(method_params, taskset)

@@ -1,8 +1,13 @@
 """The method contract: a training algorithm that plugs into the trainer.
 
-A method owns the module it trains (``self.model``, which it may wrap, e.g. PML's ensemble) and
-its optimizer; the trainer owns data, budget, evaluation and records. ``step`` asks the gradient
-engine for every gradient, so the budget sees every pass.
+A method owns the module it trains (``self.model``, which it may wrap, e.g. PML's ensemble); the
+trainer owns data, budget, evaluation and records, and, with the engine, the optimizer:
+``bind(engine)`` builds it from the training protocol over ``optimizer_parameters()`` and lets
+the engine wrap it (DeepSpeed's ZeRO optimizer holds the gradient partitions). ``step`` asks the
+gradient engine for every gradient, so the budget sees every pass.
+
+Methods that only decide task weights derive from the two bases of ``harness.weighting``
+(Gram weightings, loss weightings); ``Method`` itself stays for algorithms whose step differs.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from mtlbench.harness.gradients import Batch, GradientEngine
@@ -59,6 +64,9 @@ def make_optimizer(params: Any, training: TrainingConfig) -> torch.optim.Optimiz
     return torch.optim.Adam(params, lr=training.lr, weight_decay=training.weight_decay)
 
 
+ParamsT = TypeVar("ParamsT", bound=MethodParams)
+
+
 @dataclass
 class Solution:
     """One parameter set to evaluate.
@@ -73,31 +81,71 @@ class Solution:
     coordinates: tuple[float, ...] | None = None
 
 
-class Method(ABC):
+class Method(ABC, Generic[ParamsT]):
     """Base class. Subclasses set ``Params`` and implement ``step``.
 
+    Generic in its parameter type: ``class MGDA(GramWeighting[MGDAParams])`` makes
+    ``self.params`` an ``MGDAParams`` for a type checker.
+
     Class attributes: ``Params`` (pydantic model of the method's parameters), ``default_engine``
-    (engine name used when the suite names none), ``produces_weights`` (whether ``step`` logs a
-    ``"weights"`` entry on the simplex; the shared property tests check it).
+    (engine name used when the suite names none), ``produces_weights`` (``step`` logs a
+    ``"weights"`` entry (T,)), ``weights_on_simplex`` (those weights are non-negative and sum to
+    1; the shared property tests check both), ``is_baseline`` (its runs are the reference of
+    Δm%, not a competitor), ``engines`` (the engines it runs on; None: all, checked when the
+    suite is loaded), ``consumes`` and ``cost`` (what a step needs from the engine and what
+    it costs, for ``mtlbench info`` and the leaderboard), ``paper`` (the citation).
     """
 
     Params: ClassVar[type[MethodParams]] = MethodParams
     default_engine: ClassVar[str] = "loop"
     produces_weights: ClassVar[bool] = False
+    weights_on_simplex: ClassVar[bool] = False
+    is_baseline: ClassVar[bool] = False
+    consumes: ClassVar[str] = ""
+    cost: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    engines: ClassVar[tuple[str, ...] | None] = None  # None: every engine
     registry_name: ClassVar[str] = ""
 
     def __init__(
         self,
-        params: MethodParams,
+        params: ParamsT,
         model: MultiTaskModel,
         taskset: TaskSet,
         training: TrainingConfig,
     ):
-        self.params = params
+        self.params: ParamsT = params
         self.model = model
         self.taskset = taskset
         self.training = training
-        self.optimizer = make_optimizer(self.model.parameters(), training)
+        self.steps_per_epoch: int | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    # ---- the optimizer: built by the trainer, wrapped by the engine --------------------------
+    def optimizer_parameters(self) -> Any:
+        """What the run's optimizer updates (parameters or param groups): the model's."""
+        return self.model.parameters()
+
+    def bind(self, engine: GradientEngine, steps_per_epoch: int | None = None) -> None:
+        """Build the optimizer from the training protocol and let ``engine`` wrap it; the trainer
+        calls this once, before step 1. ``steps_per_epoch`` lets epoch-based rules (DWA, STCH's
+        warm-up) know what an epoch is."""
+        self.steps_per_epoch = steps_per_epoch
+        self._optimizer = engine.wrap_optimizer(
+            make_optimizer(self.optimizer_parameters(), self.training)
+        )
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The bound optimizer; a method stepped without ``bind`` (a test driving it by hand)
+        gets the plain optimizer a local engine would give, built on first use."""
+        if self._optimizer is None:
+            self._optimizer = make_optimizer(self.optimizer_parameters(), self.training)
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self._optimizer = optimizer
 
     @classmethod
     def check(cls, params: MethodParams, taskset: TaskSet) -> None:
@@ -116,9 +164,22 @@ class Method(ABC):
         """The parameter sets to evaluate; evaluated one at a time, in order."""
         yield Solution("model", self.model)
 
+    # ---- checkpoints -------------------------------------------------------------------------
+    def weighting_state(self) -> dict[str, Any]:
+        """The method's own state beyond model and optimizer (EMAs, warm starts, generators)."""
+        return {}
+
+    def load_weighting_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`weighting_state` returned."""
+
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "weighting": self.weighting_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.load_weighting_state(state.get("weighting", {}))

@@ -394,7 +394,7 @@ def measure_point(
     engine_name, options = _engine_for(study, entry, point)
     budget = Budget("flops", UNLIMITED_FLOPS)
     engine = get_engine(engine_name)(method.model, taskset, budget, batch, **options)
-    method.optimizer = engine.wrap_optimizer(method.optimizer)
+    method.bind(engine)
     size = int(batch[0].shape[0])
     ew_step_flops = sum(
         engine.costs.flops(kind, size)

@@ -295,7 +295,7 @@ def _train(
     first = next(batches)
     engine = get_engine(spec.engine)(method.model, taskset, budget, first, **spec.engine_options)
     try:  # the engine's actors / shared memory are released however the loop ends
-        method.optimizer = engine.wrap_optimizer(method.optimizer)
+        method.bind(engine, steps_per_epoch=math.ceil(len(splits.train) / training.batch_size))
         budget.restart_clock()
 
         best_val_hv, best_state, best_step = -math.inf, None, 0

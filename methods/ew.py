@@ -7,10 +7,10 @@ simplex. One forward and one backward per step: the baseline every ratio is meas
 from __future__ import annotations
 
 import torch
-from mtlbench.harness.gradients import Batch, GradientEngine
-from mtlbench.harness.method import Method, MethodParams, StepLog
+from mtlbench.harness.method import MethodParams
 from mtlbench.harness.registry import register_method
 from mtlbench.harness.tasks import TaskSet
+from mtlbench.harness.weighting import LossWeighting
 from pydantic import field_validator
 
 
@@ -36,13 +36,18 @@ def preference_weights(preference: tuple[float, ...] | None, num_tasks: int) -> 
 
 
 @register_method("ew")
-class EqualWeighting(Method):
+class EqualWeighting(LossWeighting[EWParams]):
+    """Fixed weights: uniform, or the normalised ``preference``."""
+
     Params = EWParams
-    produces_weights = True
+    weights_on_simplex = True
+    consumes = "task losses"
+    cost = "1 forward + 1 backward"
+    paper = "linear scalarization (equal weights by default)"
 
     def __init__(self, params: EWParams, model, taskset, training):
         super().__init__(params, model, taskset, training)
-        self.weights = preference_weights(params.preference, len(taskset))
+        self.fixed_weights = preference_weights(params.preference, len(taskset))
 
     @classmethod
     def check(cls, params: EWParams, taskset: TaskSet) -> None:
@@ -52,10 +57,5 @@ class EqualWeighting(Method):
                 f"{len(taskset)} tasks"
             )
 
-    def step(self, batch: Batch, engine: GradientEngine) -> StepLog:
-        self.optimizer.zero_grad(set_to_none=True)
-        state = engine.forward(batch)
-        weights = self.weights.to(state.task_losses.device)
-        engine.backward(state, weights)
-        self.optimizer.step()
-        return {"task_losses": state.task_losses.detach(), "weights": weights}
+    def weights(self, task_losses: torch.Tensor) -> torch.Tensor:
+        return self.fixed_weights.to(task_losses)

@@ -282,6 +282,10 @@ class Marigold(Method):
 
     Params = MarigoldParams
     produces_weights = True
+    weights_on_simplex = True
+    consumes = "1 + q directional derivatives of Σ wₜLₜ (never the T task gradients)"
+    cost = "1 + q encoder backwards (exact_directional) or 1 + 2q (central), whatever T"
+    paper = "Chen et al., arXiv 2603.07389 (2026): a reconstruction from the abstract"
 
     def __init__(self, params: MarigoldParams, model, taskset, training):
         super().__init__(params, model, taskset, training)

@@ -22,9 +22,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from mtlbench.harness.gradients import Batch, GradientEngine, StepState
-from mtlbench.harness.method import Method, MethodParams, StepLog
+from mtlbench.harness.method import MethodParams
 from mtlbench.harness.registry import register_method
+from mtlbench.harness.weighting import GramWeighting
 from mtlbench.methods.min_norm import GradientNormalization, mgda_weights
 from pydantic import Field
 from torch import Tensor
@@ -50,64 +50,38 @@ class MGDAParams(MethodParams):
 
 
 @register_method("mgda")
-class MGDA(Method):
+class MGDA(GramWeighting[MGDAParams]):
     """Exact MGDA on the shared parameters. Logs ``weights`` (T,) and ``direction_norm``
     (||sum_t a_t g_t||, which reaches 0 at a Pareto-stationary point)."""
 
     Params = MGDAParams
     default_engine = "loop"
-    produces_weights = True
+    weights_on_simplex = True
+    paper = "Sener & Koltun, NeurIPS 2018 (Alg. 2); Désidéri 2012"
+    cost = "T encoder backward passes (the shared Jacobian)"
 
     def __init__(self, params: MGDAParams, model, taskset, training):
         super().__init__(params, model, taskset, training)
         # last step's weights: the solver's warm start (same optimum, fewer iterations)
         self._previous_weights: Tensor | None = None
 
-    # ---- what mgda_ub changes ------------------------------------------------------------
-    def task_gram(self, state: StepState, engine: GradientEngine) -> Tensor:
-        """Gram (T, T) of the per-task gradients that decide the weights: the shared Jacobian's.
-
-        Local engines form it from the Jacobian; ``ray_sharded`` from parameter shards, never
-        gathering the (T, P) Jacobian.
-        """
-        return engine.shared_gram(state)
-
-    def apply(
-        self, state: StepState, engine: GradientEngine, weights: Tensor, head_weights: Tensor
-    ) -> None:
-        """Write sum_t a_t g_t (from the per-task gradients in hand) and head gradients to ``.grad``."""
-        engine.apply_shared_direction(
-            state, engine.shared_combination(state, weights), head_weights
-        )
-
-    # ---- the step ---------------------------------------------------------------------------
-    def step(self, batch: Batch, engine: GradientEngine) -> StepLog:
-        self.optimizer.zero_grad(set_to_none=True)
-        state = engine.forward(batch)
-        gram = self.task_gram(state, engine)
-        params: MGDAParams = self.params  # type: ignore[assignment]
+    def weights(self, gram: Tensor, task_losses: Tensor) -> Tensor:
         weights = mgda_weights(
             gram,
-            state.task_losses.detach(),
-            params.normalization,
-            params.tolerance,
-            params.max_iterations,
+            task_losses,
+            self.params.normalization,
+            self.params.tolerance,
+            self.params.max_iterations,
             initial_weights=self._previous_weights,
         )
         self._previous_weights = weights
-        head_weights = torch.ones_like(weights) if params.head_gradient == "own" else weights
-        self.apply(state, engine, weights, head_weights)
-        self.optimizer.step()
-        direction_norm = (weights @ gram.to(weights) @ weights).clamp_min(0).sqrt()
-        return {
-            "task_losses": state.task_losses.detach(),
-            "weights": weights,
-            "direction_norm": direction_norm,
-        }
+        return weights
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "previous_weights": self._previous_weights}
+    def head_weights(self, weights: Tensor) -> Tensor:
+        return torch.ones_like(weights) if self.params.head_gradient == "own" else weights
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
+    def weighting_state(self) -> dict[str, Any]:
+        return {"previous_weights": self._previous_weights}
+
+    def load_weighting_state(self, state: dict[str, Any]) -> None:
         self._previous_weights = state.get("previous_weights")

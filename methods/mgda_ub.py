@@ -37,6 +37,9 @@ class MGDAUB(MGDA):
     """MGDA-UB. Same parameters and logs as ``mgda`` (``direction_norm`` is measured in z)."""
 
     default_engine = "representation"
+    consumes = "Gram (T×T) of representation gradients ∂Lₜ/∂z"
+    cost = "≈ 1 forward + 1 backward + T head VJPs"
+    paper = "Sener & Koltun, NeurIPS 2018 (Sec. 3.3)"
 
     def task_gram(self, state: StepState, engine: GradientEngine) -> Tensor:
         """Gram (T, T) of the per-task gradients of the losses w.r.t. z (T, *z.shape)."""

@@ -235,6 +235,13 @@ class _EvalMode:
 class ParetoExpansion(Method):
     Params = ParetoExpansionParams
     produces_weights = True
+    weights_on_simplex = True
+    consumes = "shared Jacobian (min-norm weights) and Hessian-vector products"
+    cost = "seeds as ew; each tangent solve ≈ MINRES iterations × 1 HVP"
+    paper = "Ma, Du & Matusik, ICML 2020"
+    # each seed's fine-tune starts a fresh optimizer (from the trunk's state), which DeepSpeed's
+    # engine cannot re-wrap: its ZeRO optimizer is created once, with the model
+    engines = ("loop", "batched", "ray_sharded")
 
     def __init__(self, params: ParetoExpansionParams, model, taskset: TaskSet, training):
         super().__init__(params, model, taskset, training)

@@ -203,6 +203,10 @@ def ordering_penalty(
 class ParetoManifoldLearning(Method):
     Params = PMLParams
     produces_weights = True
+    weights_on_simplex = True
+    consumes = "task losses of a weight-space ensemble at W simplex points"
+    cost = "W forwards + W backwards of a T-member ensemble"
+    paper = "Dimitriadis, Frossard & Fleuret, ICML 2023"
 
     def __init__(self, params: PMLParams, model, taskset: TaskSet, training):
         self.settings = resolve_settings(params)

@@ -8,10 +8,10 @@ it is evaluated on every task, but only its own task's metric serves as a baseli
 from __future__ import annotations
 
 import torch
-from mtlbench.harness.gradients import Batch, GradientEngine
-from mtlbench.harness.method import Method, MethodParams, StepLog
+from mtlbench.harness.method import MethodParams
 from mtlbench.harness.registry import register_method
 from mtlbench.harness.tasks import TaskSet
+from mtlbench.harness.weighting import LossWeighting
 
 
 class SingleTaskParams(MethodParams):
@@ -21,16 +21,22 @@ class SingleTaskParams(MethodParams):
 
 
 @register_method("single_task")
-class SingleTask(Method):
+class SingleTask(LossWeighting[SingleTaskParams]):
+    """Weight 1 on its task, 0 on the others."""
+
     Params = SingleTaskParams
-    produces_weights = True
+    weights_on_simplex = True
+    is_baseline = True
+    consumes = "task losses"
+    cost = "1 forward + 1 backward (one run per task)"
+    paper = "the Δm% reference: one model per task"
 
     def __init__(self, params: SingleTaskParams, model, taskset, training):
         super().__init__(params, model, taskset, training)
         if params.task is None:
             raise ValueError("single_task needs a task index (suites expand it automatically)")
-        self.weights = torch.zeros(len(taskset))
-        self.weights[params.task] = 1.0
+        self.fixed_weights = torch.zeros(len(taskset))
+        self.fixed_weights[params.task] = 1.0
 
     @classmethod
     def check(cls, params: SingleTaskParams, taskset: TaskSet) -> None:
@@ -43,10 +49,5 @@ class SingleTask(Method):
             return [params]
         return [SingleTaskParams(task=t) for t in range(len(taskset))]
 
-    def step(self, batch: Batch, engine: GradientEngine) -> StepLog:
-        self.optimizer.zero_grad(set_to_none=True)
-        state = engine.forward(batch)
-        weights = self.weights.to(state.task_losses.device)
-        engine.backward(state, weights)
-        self.optimizer.step()
-        return {"task_losses": state.task_losses.detach(), "weights": weights}
+    def weights(self, task_losses: torch.Tensor) -> torch.Tensor:
+        return self.fixed_weights.to(task_losses)

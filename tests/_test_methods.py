@@ -32,7 +32,7 @@ class _TestEW(EqualWeighting):
 
     def __init__(self, params, model, taskset, training):
         Method.__init__(self, params, model, taskset, training)
-        self.weights = torch.full((len(taskset),), 1.0 / len(taskset))
+        self.fixed_weights = torch.full((len(taskset),), 1.0 / len(taskset))
         self.steps_done = 0
 
     @classmethod
@@ -64,7 +64,7 @@ class NanMethod(_FailingBase):
     """From ``at_step`` on, its task weights are NaN, so parameters and losses turn NaN."""
 
     def misbehave(self) -> None:
-        self.weights = torch.full_like(self.weights, float("nan"))
+        self.fixed_weights = torch.full_like(self.fixed_weights, float("nan"))
 
 
 class KillsWorkerMethod(_FailingBase):
@@ -101,6 +101,7 @@ class GramMinNorm(Method):
 
     Params = GramParams
     produces_weights = True
+    weights_on_simplex = True
 
     def __init__(self, params, model, taskset, training):
         super().__init__(params, model, taskset, training)

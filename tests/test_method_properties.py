@@ -21,6 +21,7 @@ def test_property_checks_catch_weights_off_the_simplex() -> None:
 
     class BrokenWeights(Method):
         produces_weights = True
+        weights_on_simplex = True
 
         def step(self, batch, engine):
             self.optimizer.zero_grad()
