@@ -16,7 +16,12 @@ CPU (default): LeNet encoder (1×28×28 → 50) + T binary heads Linear(50, 2), 
 thread (stable figures on a shared machine). ``--device cuda``: CIFAR-style ResNet-18 (≈11.2M
 parameters) on 3×64×64, batch 256, T heads Linear(2048, 2).
 
-Run: ``python benchmarks/step_time.py`` (or ``--device cuda``; ``--tasks 2 3 40``).
+``--zoo``: every registered weighting (Gram and loss weightings, FAMO) beside ``ew`` and
+``mgda``, with each row's time over its family's reference in the same blocks (a Gram weighting
+over MGDA's step, a loss weighting over EW's) and the verdict against the 1.05 target: what a
+weighting adds to the engine's work is its T×T solver, which must stay a few percent of a step.
+
+Run: ``python benchmarks/step_time.py`` (or ``--device cuda``; ``--tasks 2 3 40``; ``--zoo``).
 """
 
 from __future__ import annotations
@@ -65,7 +70,8 @@ def harness_step(
     if method_name not in METHODS.names():
         return None
     method_cls = METHODS.get(method_name)
-    method = method_cls(method_cls.Params(), model, taskset, training)
+    params = method_cls.expand(method_cls.Params(), taskset)[0]
+    method = method_cls(params, model, taskset, training)
     engine_name = engine_name or method_cls.default_engine
     options = (
         {"chunk_size": chunk_size}
@@ -74,6 +80,7 @@ def harness_step(
     )
     budget = Budget("flops", 1e30)
     engine = get_engine(engine_name)(method.model, taskset, budget, batch, **options)
+    method.bind(engine, steps_per_epoch=10)
     return (lambda: method.step(batch, engine)), budget
 
 
@@ -109,6 +116,27 @@ def torchjd_step(model, taskset, batch, training) -> Step | None:
         optimizer.step()
 
     return step
+
+
+def zoo_methods() -> list[str]:
+    """``ew``, ``mgda``, then every registered Gram weighting, loss weighting and FAMO."""
+    from mtlbench.harness.weighting import GramWeighting, LossWeighting
+
+    names = ["ew", "mgda"]
+    for name, method_cls in METHODS.items():
+        family = issubclass(method_cls, (GramWeighting, LossWeighting)) or name == "famo"
+        if family and name not in names and name not in ("single_task", "mgda_ub"):
+            names.append(name)
+    return names
+
+
+def reference_of(name: str) -> str:
+    """The row a method's time is held against with ``--zoo``: MGDA for Gram weightings (same
+    engine work, T encoder backwards), EW for the rest (one backward)."""
+    from mtlbench.harness.weighting import GramWeighting
+
+    method_cls = METHODS.get(name.partition("@")[0])
+    return "mgda" if issubclass(method_cls, GramWeighting) else "ew"
 
 
 def run_tasks(args, tasks: int, device: torch.device) -> list[tuple[str, float, float, float]]:
@@ -150,6 +178,7 @@ def run_tasks(args, tasks: int, device: torch.device) -> list[tuple[str, float, 
             flops_per_step[name] = (budget.spent_flops - spent) / args.warmup
     times: dict[str, list[float]] = {name: [] for name in steps}
     ratios: dict[str, list[float]] = {name: [] for name in steps}
+    family_ratios: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.blocks):
         block = {
             name: seconds_per_call(step, args.steps, device) for name, (step, _) in steps.items()
@@ -157,6 +186,15 @@ def run_tasks(args, tasks: int, device: torch.device) -> list[tuple[str, float, 
         for name, seconds in block.items():
             times[name].append(seconds)
             ratios[name].append(seconds / block["ew"])
+            if args.zoo and name in METHODS.names() and reference_of(name) in block:
+                family_ratios[name].append(seconds / block[reference_of(name)])
+    if args.zoo:
+        print(f"  {'method':<16}{'over':>6}{'time ratio':>12}{'target':>8}  verdict")
+        for name, values in family_ratios.items():
+            if values and name not in ("ew", "mgda"):
+                ratio = statistics.median(values)
+                verdict = "meets" if ratio <= 1.05 else "MISSES"
+                print(f"  {name:<16}{reference_of(name):>6}{ratio:12.3f}{1.05:8.2f}  {verdict}")
     ew_flops = flops_per_step.get("ew", float("nan"))
     return [
         (
@@ -173,7 +211,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 3, 40])
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    parser.add_argument("--methods", nargs="+", default=None)
+    parser.add_argument(
+        "--zoo", action="store_true", help="every weighting, each over its family's reference"
+    )
     parser.add_argument("--model", choices=["lenet", "resnet18"], default=None)
     parser.add_argument("--side", type=int, default=None, help="input side (28 LeNet, 64 ResNet)")
     parser.add_argument("--batch-size", type=int, default=None, help="128 on CPU, 256 on CUDA")
@@ -194,6 +235,7 @@ def main() -> None:
     args.model = args.model or ("resnet18" if cuda else "lenet")
     args.side = args.side or (64 if args.model == "resnet18" else 28)
     args.batch_size = args.batch_size or (256 if cuda else 128)
+    args.methods = args.methods or (zoo_methods() if args.zoo else DEFAULT_METHODS)
     if "ew" not in args.methods:
         args.methods = ["ew", *args.methods]
     if not cuda:

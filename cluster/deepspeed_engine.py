@@ -273,6 +273,9 @@ class DeepSpeedEngine(BatchedEngine):
             )
         return self.deepspeed_engine.module
 
+    def _forward_model(self) -> MultiTaskModel:
+        return self._module()
+
     def _no_per_task_at_stage_3(self, request: str) -> None:
         if self.zero_stage == 3:
             raise NotImplementedError(

@@ -223,6 +223,21 @@ class GradientEngine:
         task_losses = self.taskset.losses(outputs, targets)
         return StepState(inputs, targets, representation, detached, outputs, task_losses)
 
+    def evaluate_losses(self, batch: Batch) -> Tensor:
+        """Task losses (T,) of one more forward, without a graph (FAMO's second look at the
+        batch after the update); charged as the forward it is (encoder and heads)."""
+        inputs, targets = batch
+        size = int(inputs.shape[0])
+        self.charge("encoder_forward", size)
+        self.charge("heads_forward", size)
+        model = self._forward_model()
+        with torch.no_grad():
+            return self.taskset.losses(model.heads(model.encoder(inputs)), targets)
+
+    def _forward_model(self) -> MultiTaskModel:
+        """The module whose forward the engine runs (DeepSpeed: the wrapped one)."""
+        return self.model
+
     def backward(
         self, state: StepState, weights: Tensor, head_weights: Tensor | None = None
     ) -> None:

@@ -181,6 +181,27 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def _methods_section(recorded: set[str]) -> tuple[list[str], list[str]]:
+    """The table of the methods with recorded runs: paper, what a step consumes, its cost
+    (Markdown lines, HTML pieces); from the method catalog, so it matches ``mtlbench info``."""
+    from mtlbench.harness.catalog import method_catalog
+
+    entries = [e for e in method_catalog() if e.name in recorded]
+    if not entries:
+        return [], []
+    header = ["method", "family", "paper", "consumes", "per-step cost"]
+    rows = [[e.name, e.family, e.paper, e.consumes, e.cost] for e in entries]
+    markdown = ["## Methods", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    markdown += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    page = ["<h2>Methods</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
+    page += [
+        "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in r) + "</tr>"
+        for r in rows
+    ]
+    page.append("</table>")
+    return markdown, page
+
+
 def build_leaderboard(results_dir: Path) -> Path:
     """Write ``results_dir/leaderboard/index.md`` and ``index.html``; return the HTML path."""
     rows = ResultStore(results_dir).rows()
@@ -258,6 +279,9 @@ def build_leaderboard(results_dir: Path) -> Path:
         body.append(
             f"</table><p>{html.escape(notes)}</p><img alt='fronts' src='data:image/png;base64,{encoded}'>"
         )
+    methods_md, methods_html = _methods_section({row["method"] for row in rows})
+    markdown += methods_md
+    body += methods_html
     style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>mtlbench leaderboard</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
     _atomic_write(out / "index.md", "\n".join(markdown) + "\n")

@@ -101,8 +101,7 @@ class FAMO(Method[FAMOParams]):
         weights = inverse / inverse.sum()  # z_t / (c D_t), c = sum_t z_t / D_t
         engine.backward(state, weights)
         self.optimizer.step()
-        with torch.no_grad():
-            new_losses = engine.forward(batch).task_losses.detach()
+        new_losses = engine.evaluate_losses(batch)
         decrease = (log_gaps - self._log_gaps(new_losses)).to(self._logits)
         z = z.to(self._logits)
         self._logits.grad = z * (decrease - (z * decrease).sum())

@@ -73,6 +73,9 @@ def test_records_parquet_mlflow_and_leaderboard(finished_suite) -> None:
     assert "multidigits" in page and "data:image/png;base64" in page
     markdown = (results / "leaderboard" / "index.md").read_text()
     assert "| 1 |" in markdown and "single_task" in markdown
+    # the methods table, from the method catalog: each recorded method with paper and cost
+    methods = markdown[markdown.index("## Methods") :]
+    assert "| ew | loss weighting |" in methods and "1 forward + 1 backward" in methods
     assert list((results / "checkpoints").glob("*/step_*.pt"))
 
 

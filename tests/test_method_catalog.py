@@ -1,0 +1,42 @@
+"""The method zoo is complete wherever it is listed: catalog fields, the zoo suite, the README's
+method table, and the suite-load check of the engines a method runs on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mtlbench.harness.catalog import method_catalog
+from mtlbench.harness.config import ConfigError, load_suite, parse_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_method_states_its_paper_inputs_and_cost() -> None:
+    for entry in method_catalog():
+        assert entry.paper and entry.consumes and entry.cost, entry
+
+
+def test_zoo_suite_runs_every_registered_method() -> None:
+    suite = load_suite(ROOT / "suites" / "zoo.yaml")
+    assert {m.name for m in suite.methods} == {e.name for e in method_catalog()}
+    assert [d.name for d in suite.datasets] == ["multidigits"]
+
+
+def test_readme_method_table_lists_every_method() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Methods") :]
+    table = table[: table.index("\n\n", table.index("| name"))]
+    for entry in method_catalog():
+        assert f"| `{entry.name}` |" in table, f"README's method table lacks {entry.name}"
+
+
+def test_a_method_on_an_engine_it_does_not_run_on_is_one_error_line() -> None:
+    data = {
+        "name": "bad",
+        "datasets": [{"name": "multidigits"}],
+        "methods": [{"name": "pareto_expansion", "engine": "deepspeed"}],
+        "budget": {"flops": 1e9},
+    }
+    with pytest.raises(ConfigError, match=r"methods\[0\]\.engine: method 'pareto_expansion' "):
+        parse_suite(data, "bad.yaml")
