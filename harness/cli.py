@@ -7,7 +7,6 @@ line on stderr naming the field or file and the problem, and exit code 2.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import typer
@@ -174,7 +173,7 @@ def info() -> None:
     from mtlbench.harness.catalog import method_catalog
     from mtlbench.harness.gradients import engine_names
     from mtlbench.harness.model import count_parameters
-    from mtlbench.harness.registry import DATASETS, METHODS
+    from mtlbench.harness.registry import DATASETS
 
     out = Console()
     methods = Table(title="methods")
@@ -184,7 +183,12 @@ def info() -> None:
     for entry in method_catalog():
         engines = f"{entry.engines} (default {entry.default_engine})"
         methods.add_row(
-            entry.name, entry.family, entry.paper, entry.consumes, entry.cost, engines,
+            entry.name,
+            entry.family,
+            entry.paper,
+            entry.consumes,
+            entry.cost,
+            engines,
             entry.parameters,
         )
     out.print(methods)

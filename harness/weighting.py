@@ -28,7 +28,7 @@ State: a weighting's own state (EMAs, previous weights, random generators) goes 
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, ClassVar, Generic
+from typing import Any, ClassVar
 
 import torch
 from mtlbench.harness.gradients import Batch, GradientEngine, StepState
@@ -47,7 +47,7 @@ def seeded_generator(device: str | torch.device = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-class GramWeighting(Method[ParamsT], Generic[ParamsT]):
+class GramWeighting(Method[ParamsT]):
     """Base of the weightings that decide from the Gram matrix of the shared gradients.
 
     Subclasses implement :meth:`weights`; override :meth:`head_weights` for a method whose heads
@@ -102,7 +102,7 @@ class GramWeighting(Method[ParamsT], Generic[ParamsT]):
         return {"task_losses": task_losses, "weights": weights, "direction_norm": direction_norm}
 
 
-class LossWeighting(Method[ParamsT], Generic[ParamsT]):
+class LossWeighting(Method[ParamsT]):
     """Base of the weightings that decide from the task losses alone: one backward of
     sum_t w_t L_t per step (heads and shared parameters alike), about one EW step.
 

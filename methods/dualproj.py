@@ -43,7 +43,7 @@ class DualProj(GramWeighting[DualConeParams]):
     def weights(self, gram: Tensor, task_losses: Tensor) -> Tensor:
         num_tasks = gram.shape[0]
         preference = np.full((1, num_tasks), 1.0 / num_tasks)
-        projection = dual_cone_weights(
-            gram, preference, self.params.norm_eps, self.params.reg_eps
-        )[0]
+        projection = dual_cone_weights(gram, preference, self.params.norm_eps, self.params.reg_eps)[
+            0
+        ]
         return torch.as_tensor(projection, dtype=gram.dtype, device=gram.device)

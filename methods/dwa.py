@@ -61,6 +61,7 @@ class DynamicWeightAverage(LossWeighting[DWAParams]):
     def weights(self, task_losses: Tensor) -> Tensor:
         window = self._window()
         if self._steps > 0 and self._steps % window == 0:  # a window just ended
+            assert self._window_sum is not None  # a window holds at least one step
             self._means = [*self._means, self._window_sum / window][-2:]
             self._window_sum = None
         losses = task_losses.detach()

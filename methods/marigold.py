@@ -277,7 +277,7 @@ def projected_estimate_step(
 
 
 @register_method("marigold")
-class Marigold(Method):
+class Marigold(Method[MarigoldParams]):
     """MARIGOLD (reconstruction, see the module docstring). ``self.weights``: (T,) on the simplex."""
 
     Params = MarigoldParams
@@ -318,7 +318,7 @@ class Marigold(Method):
         Returns (g, a): the weights a (T,) the lower level should use now (the new weights under
         ``line_search``, the previous ones under ``fixed``) and g = g(a) (P,).
         """
-        params: MarigoldParams = self.params  # type: ignore[assignment]
+        params = self.params
         weights = self.weights.to(state.task_losses.device)
         upper = UpperLevel(engine, state)
         gradient = upper.gradient(weights)
@@ -337,7 +337,7 @@ class Marigold(Method):
         return gradient, applied
 
     def step(self, batch: Batch, engine: GradientEngine) -> StepLog:
-        params: MarigoldParams = self.params  # type: ignore[assignment]
+        params = self.params
         self.optimizer.zero_grad(set_to_none=True)
         state = engine.forward(batch)
         dtype = state.task_losses.dtype

@@ -232,7 +232,7 @@ class _EvalMode:
 
 
 @register_method("pareto_expansion")
-class ParetoExpansion(Method):
+class ParetoExpansion(Method[ParetoExpansionParams]):
     Params = ParetoExpansionParams
     produces_weights = True
     weights_on_simplex = True

@@ -73,8 +73,7 @@ class PCGrad(GramWeighting[PCGradParams]):
         gram64 = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
         gram64 = (gram64 + gram64.T) / 2
         orders = [
-            torch.randperm(num_tasks, generator=self._generator).tolist()
-            for _ in range(num_tasks)
+            torch.randperm(num_tasks, generator=self._generator).tolist() for _ in range(num_tasks)
         ]
         weights = projected_coefficients(gram64, orders).sum(axis=0) / num_tasks
         return torch.as_tensor(weights, dtype=gram.dtype, device=gram.device)

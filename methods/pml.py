@@ -200,7 +200,7 @@ def ordering_penalty(
 
 
 @register_method("pml")
-class ParetoManifoldLearning(Method):
+class ParetoManifoldLearning(Method[PMLParams]):
     Params = PMLParams
     produces_weights = True
     weights_on_simplex = True

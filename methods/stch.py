@@ -86,8 +86,10 @@ class SmoothTchebycheff(LossWeighting[STCHParams]):
                 self._z_sum = losses.clone() if previous is None else previous.to(losses) + losses
             return 1.0 / (losses.shape[0] * losses)
         if self._z is None:
+            assert self._z_sum is not None  # the warm-up's last epoch summed at least one step
             self._z = self._z_sum / window
-        scaled = torch.log(losses / self._z.to(losses)) / self.params.mu
+        reference = self._z.to(losses)
+        scaled = torch.log(losses / reference) / self.params.mu
         return torch.softmax(scaled, dim=0) / losses  # softmax subtracts the max
 
     def weighting_state(self) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from mtlbench.harness.gradients import get_engine
 from mtlbench.harness.method import Method, TrainingConfig
 from mtlbench.harness.registry import METHODS
 
-
 # epoch length told to methods with epoch-based rules (DWA, STCH): several epochs fit a run
 TINY_EPOCH_STEPS = 4
 

@@ -36,7 +36,9 @@ def make_weighting(name: str, num_tasks: int, **params: Any) -> Any:
     )
 
 
-def random_jacobians(count: int = 200, seed: int = 0, max_tasks: int = 40) -> Iterator[tuple[str, Tensor]]:
+def random_jacobians(
+    count: int = 200, seed: int = 0, max_tasks: int = 40
+) -> Iterator[tuple[str, Tensor]]:
     """``count`` (label, J (T, P)) cases cycling through the families, float64."""
     generator = torch.Generator().manual_seed(seed)
     kinds = ("full", "rank_deficient", "duplicated", "zero_row", "scaled_small", "scaled_large")

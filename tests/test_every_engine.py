@@ -141,7 +141,9 @@ def test_method_on_engine_matches_loop(name: str, engine_label: str, request) ->
             assert budget.flops_by_pass.get(kind, 0.0) == pytest.approx(
                 loop_budget.flops_by_pass.get(kind, 0.0)
             ), kind
-    expected_forwards = loop_budget.passes_by_kind["encoder_forward"] + engine.num_actors * exchanges
+    expected_forwards = (
+        loop_budget.passes_by_kind["encoder_forward"] + engine.num_actors * exchanges
+    )
     assert budget.passes_by_kind["encoder_forward"] == expected_forwards
 
 

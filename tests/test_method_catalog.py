@@ -40,3 +40,30 @@ def test_a_method_on_an_engine_it_does_not_run_on_is_one_error_line() -> None:
     }
     with pytest.raises(ConfigError, match=r"methods\[0\]\.engine: method 'pareto_expansion' "):
         parse_suite(data, "bad.yaml")
+
+
+def test_readme_example_weighting_runs_and_computes_its_stated_weights() -> None:
+    """The README's complete weighting, executed as written: registered, it passes the shared
+    training properties on two engines and its weights are 1 / (T ||g_t||) from explicit vectors."""
+    import re
+    import types
+
+    import torch
+    from _method_checks import check_method_properties
+    from _weighting_checks import make_weighting
+    from mtlbench.harness.registry import METHODS
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Add a method") :]
+    source = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    module = types.ModuleType("readme_unit_norm")
+    try:
+        exec(compile(source, "README.md", "exec"), module.__dict__)  # noqa: S102 - the README's own code, run as a user would
+        check_method_properties("unit_norm")
+        check_method_properties("unit_norm", engine="batched")
+        jacobian = torch.randn(4, 9, dtype=torch.float64)
+        weights = make_weighting("unit_norm", 4).weights(jacobian @ jacobian.T, torch.ones(4))
+        expected = torch.tensor([1 / (4 * float(row.norm())) for row in jacobian])
+        torch.testing.assert_close(weights, expected.double())
+    finally:
+        METHODS._entries.pop("unit_norm", None)

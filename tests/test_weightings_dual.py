@@ -42,7 +42,7 @@ def _clarabel(tolerance: float) -> dict[str, Any]:
     return {"solver": "CLARABEL", **tolerances}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _weighting(name: str, num_tasks: int, params: tuple) -> Any:
     """One instance per (method, T, params): these methods keep no state between calls at
     update_weights_every = 1, and building the tiny model each time dominated the run time."""
@@ -298,4 +298,3 @@ def test_fairgrad_finite_for_other_alphas(alpha: float) -> None:
 def test_scaling(name: str, params: dict, exponent: float) -> None:
     """G(s) w = w^(-1/α) ⇒ s^(1+k) = s^(-k/α) ⇒ k = −α/(1+α); trace normalisation: k = 0."""
     check_scaling(name, exponent, **params)
-
