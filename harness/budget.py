@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -38,6 +40,15 @@ class Budget:
     def restart_clock(self) -> None:
         """Start counting seconds now (call after set-up, before the first step)."""
         self.started_at = time.perf_counter()
+
+    @contextmanager
+    def uncharged(self) -> Iterator[None]:
+        """Wall time spent inside does not count toward a seconds budget (evaluation)."""
+        paused_at = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.started_at += time.perf_counter() - paused_at
 
     @property
     def elapsed_seconds(self) -> float:

@@ -8,6 +8,8 @@ the missing ones.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -16,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from mtlbench.harness.config import ConfigError, SuiteConfig
-from mtlbench.harness.metrics import delta_m_percent
-from mtlbench.harness.store import ResultStore, baseline_for
+from mtlbench.harness.records import EvaluationRecord, RunRecord, to_row
+from mtlbench.harness.registry import METHODS
+from mtlbench.harness.selection import annotate_run, baseline_for, is_baseline_row
+from mtlbench.harness.store import ResultStore
 from mtlbench.harness.suite import RunSpec, expand_suite
 from mtlbench.harness.trainer import RunResult, train_run
 from rich.console import Console
@@ -73,90 +77,93 @@ def execute_local(
 def result_rows(
     result: RunResult, mlflow_run_id: str, previous_rows: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Parquet rows of one run: one per solution (one placeholder row if none was scored)."""
+    """Parquet rows of one run: one per solution (one placeholder row if none was scored), with
+    the selected solution and Δm% against the baseline runs among ``previous_rows``."""
     spec = result.spec
-    hv = result.hypervolume
-    base: dict[str, Any] = {
-        "run_hash": spec.run_hash,
-        "suite": spec.suite,
-        "method": spec.method,
-        "method_label": spec.method_label,
-        "method_params": json.dumps(spec.method_params, sort_keys=True),
-        "engine": spec.engine,
-        "dataset": spec.dataset,
-        "dataset_params": json.dumps(spec.dataset_params, sort_keys=True),
-        "seed": spec.seed,
-        "budget_kind": spec.budget_kind,
-        "budget_limit": spec.budget_limit,
-        "budget_spent": result.budget.get("budget_spent", math.nan),
-        "budget_spent_flops": result.budget.get("budget_spent_flops", math.nan),
-        "training": json.dumps(spec.training, sort_keys=True),
-        "scoring": spec.scoring,
-        "scored_step": result.scored_step,
-        "device": spec.device,
-        "status": result.status,
-        "stop_reason": result.stop_reason,
-        "error": result.error,
-        "steps": result.steps,
-        "train_seconds": result.train_seconds,
-        "wall_seconds": result.wall_seconds,
-        "peak_memory_bytes": result.peak_memory_bytes,
-        "memory_measure": result.memory_measure,
-        "engine_stats": json.dumps(result.engine_stats, sort_keys=True),
-        "hypervolume": hv.value if hv else math.nan,
-        "hv_method": hv.method if hv else "",
-        "hv_standard_error": hv.standard_error if hv else math.nan,
-        "hv_reference": result.hv_reference,
-        "task_names": result.task_names,
-        "higher_is_better": result.higher_is_better,
-        "mlflow_run_id": mlflow_run_id,
-        "package_version": result.environment.get("mtlbench_version", ""),
-        "torch_version": result.environment.get("torch", ""),
-        "environment": json.dumps(result.environment, sort_keys=True),
-        "started_at": result.started_at,
-        "delta_m_baseline_runs": [],
-    }
-    baseline = None
-    if spec.method != "single_task" and result.status == "completed":
-        baseline = baseline_for(previous_rows, base)
-    rows = []
-    for solution in result.solutions:
-        delta = math.nan
-        if baseline is not None:
-            delta = delta_m_percent(solution.test_metrics, baseline[0], result.higher_is_better)
-        rows.append(
-            {
-                **base,
-                "solution_index": solution.index,
-                "solution_label": solution.label,
-                "coordinates": solution.coordinates,
-                "on_front": solution.on_front,
-                "val_losses": solution.val_losses,
-                "val_metrics": solution.val_metrics,
-                "val_objectives": solution.val_objectives,
-                "test_losses": solution.test_losses,
-                "test_metrics": solution.test_metrics,
-                "test_objectives": solution.test_objectives,
-                "delta_m_pct": delta,
-                "delta_m_baseline_runs": baseline[1] if baseline else [],
-            }
-        )
-    if not rows:
-        rows.append(
-            {
-                **base,
-                "solution_index": -1,
-                "solution_label": "",
-                "on_front": False,
-                "delta_m_pct": math.nan,
-            }
-        )
-    run_delta = min(
-        (r["delta_m_pct"] for r in rows), default=math.nan, key=lambda v: (math.isnan(v), v)
+    is_baseline = METHODS.get(spec.method).is_baseline
+    base = RunRecord(
+        run_hash=spec.run_hash,
+        suite=spec.suite,
+        method=spec.method,
+        method_label=spec.method_label,
+        method_params=json.dumps(spec.method_params, sort_keys=True),
+        is_baseline=is_baseline,
+        engine=spec.engine,
+        dataset=spec.dataset,
+        dataset_params=json.dumps(spec.dataset_params, sort_keys=True),
+        seed=spec.seed,
+        budget_kind=spec.budget_kind,
+        budget_limit=spec.budget_limit,
+        budget_spent=result.budget.get("budget_spent", math.nan),
+        budget_spent_flops=result.budget.get("budget_spent_flops", math.nan),
+        training=json.dumps(spec.training, sort_keys=True),
+        scoring=spec.scoring,
+        scored_step=result.scored_step,
+        device=spec.device,
+        status=result.status,
+        stop_reason=result.stop_reason,
+        error=result.error,
+        steps=result.steps,
+        train_seconds=result.train_seconds,
+        evaluation_seconds=result.evaluation_seconds,
+        wall_seconds=result.wall_seconds,
+        peak_memory_bytes=result.peak_memory_bytes,
+        memory_measure=result.memory_measure,
+        engine_stats=json.dumps(result.engine_stats, sort_keys=True),
+        hv=result.hypervolume,
+        hv_reference=result.hv_reference,
+        task_names=result.task_names,
+        higher_is_better=result.higher_is_better,
+        mlflow_run_id=mlflow_run_id,
+        package_version=result.environment.get("mtlbench_version", ""),
+        torch_version=result.environment.get("torch", ""),
+        environment=json.dumps(result.environment, sort_keys=True),
+        started_at=result.started_at,
     )
-    for row in rows:
-        row["run_delta_m_pct"] = run_delta
-    return rows
+    records = [
+        dataclasses.replace(
+            base,
+            solution_index=solution.index,
+            solution_label=solution.label,
+            coordinates=solution.coordinates,
+            on_front=solution.on_front,
+            val_losses=solution.val_losses,
+            val_metrics=solution.val_metrics,
+            val_objectives=solution.val_objectives,
+            test_losses=solution.test_losses,
+            test_metrics=solution.test_metrics,
+            test_objectives=solution.test_objectives,
+        )
+        for solution in result.solutions
+    ] or [base]
+    rows = [to_row(record) for record in records]
+    baseline = None
+    if not is_baseline and result.status == "completed":
+        baseline = baseline_for(previous_rows, rows[0])
+    return annotate_run(rows, baseline)
+
+
+def evaluation_rows(result: RunResult, mlflow_run_id: str) -> list[dict[str, Any]]:
+    """Rows of the evaluation table for one run: one per evaluation during training."""
+    spec = result.spec
+    return [
+        to_row(
+            EvaluationRecord(
+                run_hash=spec.run_hash,
+                suite=spec.suite,
+                method=spec.method,
+                method_label=spec.method_label,
+                is_baseline=METHODS.get(spec.method).is_baseline,
+                dataset=spec.dataset,
+                seed=spec.seed,
+                budget_kind=spec.budget_kind,
+                budget_limit=spec.budget_limit,
+                mlflow_run_id=mlflow_run_id,
+                **point,
+            )
+        )
+        for point in result.evaluations
+    ]
 
 
 def run_suite(
@@ -207,6 +214,10 @@ def run_suite(
         for result in run_executor(todo, on_start, progress, results_dir):
             rows = result_rows(result, mlflow_ids.get(result.spec.run_hash, ""), store.rows())
             store.write_run(result.spec.run_hash, rows)
+            store.write_evaluations(
+                result.spec.run_hash,
+                evaluation_rows(result, mlflow_ids.get(result.spec.run_hash, "")),
+            )
             run_id = mlflow_ids.get(result.spec.run_hash) or tracker.start_run(result.spec)
             tracker.finish_run(run_id, result, rows)
             summary.recorded.append(result)
@@ -222,11 +233,12 @@ def run_suite(
 
 
 def backfill_delta_m(store: ResultStore, tracker: Any = None) -> int:
-    """Compute Δm% for recorded runs that finished before their single-task baseline existed.
+    """Redo selection and Δm% for recorded runs that finished before their baseline existed.
 
     With concurrent executors a method's run can end before the baseline runs; once they are
-    recorded, such rows are rewritten with their Δm% (and it is logged to their MLflow run).
-    Returns the number of runs updated.
+    recorded, such runs are re-annotated by the same rule as :func:`result_rows` (the selected
+    solution may change: validation Δm% replaces the fallback rule) and rewritten, and the
+    Δm% logged to their MLflow run. Returns the number of runs updated.
     """
     rows = store.rows()
     by_run: dict[str, list[dict[str, Any]]] = {}
@@ -235,26 +247,31 @@ def backfill_delta_m(store: ResultStore, tracker: Any = None) -> int:
     updated = 0
     for run_hash, run_rows in by_run.items():
         first = run_rows[0]
-        if first["method"] == "single_task" or first["status"] != "completed":
+        if is_baseline_row(first) or first["status"] != "completed":
             continue
         if first["run_delta_m_pct"] is not None and not math.isnan(first["run_delta_m_pct"]):
             continue
         baseline = baseline_for(rows, first)
         if baseline is None:
             continue
-        for row in run_rows:
-            row["delta_m_pct"] = delta_m_percent(
-                row["test_metrics"], baseline[0], row["higher_is_better"]
-            )
-            row["delta_m_baseline_runs"] = baseline[1]
-        run_delta = min(row["delta_m_pct"] for row in run_rows)
-        for row in run_rows:
-            row["run_delta_m_pct"] = run_delta
-        store.write_run(run_hash, sorted(run_rows, key=lambda r: r["solution_index"]))
-        if tracker is not None and first["mlflow_run_id"]:
+        before = copy.deepcopy(run_rows)
+        run_rows = annotate_run(sorted(run_rows, key=lambda r: r["solution_index"]), baseline)
+        before.sort(key=lambda r: r["solution_index"])
+        if _same_rows(before, run_rows):
+            continue  # Δm% stays undefined (e.g. a baseline metric of 0): nothing new to write
+        store.write_run(run_hash, run_rows)
+        run_delta = run_rows[0]["run_delta_m_pct"]
+        if tracker is not None and first["mlflow_run_id"] and math.isfinite(run_delta):
             tracker.client.log_metric(first["mlflow_run_id"], "delta_m_pct", run_delta)
         updated += 1
     return updated
+
+
+def _same_rows(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> bool:
+    def canonical(rows: list[dict[str, Any]]) -> str:
+        return json.dumps(rows, sort_keys=True, default=str)  # NaN == NaN as text
+
+    return canonical(first) == canonical(second)
 
 
 def _executor(kind: str, suite: SuiteConfig) -> Executor:

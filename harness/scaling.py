@@ -147,7 +147,7 @@ class StudyBudget(_Strict):
 
 
 class ScalingStudy(_Strict):
-    """A scaling study. methods: ``all`` (every registered method but ``single_task``) or a
+    """A scaling study. methods: ``all`` (every registered method but the baselines, ``Method.is_baseline``) or a
     list of suite method entries (name, label, params, engine, engine_options)."""
 
     name: str = Field(min_length=1)
@@ -172,7 +172,11 @@ class ScalingStudy(_Strict):
 
     def method_entries(self) -> list[MethodEntry]:
         if self.methods == "all":
-            return [MethodEntry(name=name) for name in METHODS.names() if name != "single_task"]
+            return [
+                MethodEntry(name=name)
+                for name in METHODS.names()
+                if not METHODS.get(name).is_baseline
+            ]
         return list(self.methods)
 
 

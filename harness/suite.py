@@ -47,7 +47,7 @@ class RunSpec:
 
 
 def expand_suite(suite: SuiteConfig) -> list[RunSpec]:
-    """All runs of a suite; single-task baselines first, so Δm% can be computed as runs finish."""
+    """All runs of a suite; baseline runs (``Method.is_baseline``) first, so Δm% can be computed as runs finish."""
     specs: list[RunSpec] = []
     for dataset_entry in suite.datasets:
         dataset_cls = DATASETS.get(dataset_entry.name)
@@ -77,5 +77,5 @@ def expand_suite(suite: SuiteConfig) -> list[RunSpec]:
                             device=suite.device,
                         )
                     )
-    specs.sort(key=lambda spec: spec.method != "single_task")
+    specs.sort(key=lambda spec: not METHODS.get(spec.method).is_baseline)
     return specs

@@ -18,6 +18,8 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mtlbench.harness.records import hypervolume_columns
+from mtlbench.harness.selection import selected_row
 from mtlbench.harness.suite import RunSpec
 from mtlbench.harness.trainer import RunResult
 
@@ -122,6 +124,14 @@ class Tracker:
                 for k, v in row.items()
                 if k != "step" and math.isfinite(v)
             ]
+        # anytime curves: MLflow's step is the budget spent so far, in FLOPs
+        for point in result.evaluations:
+            flops = int(point["budget_spent_flops"])
+            metrics += [
+                Metric(f"anytime.{name}", point[name], 0, flops)
+                for name in ("val_hypervolume", "test_hypervolume")
+                if math.isfinite(point[name])
+            ]
         final = _final_metrics(result, rows)
         metrics += [Metric(k, v, 0, result.steps) for k, v in final.items() if math.isfinite(v)]
         for start in range(0, len(metrics), BATCH_LIMIT):
@@ -136,6 +146,16 @@ class Tracker:
             RunTag("mtlbench.status", result.status),
             RunTag("mtlbench.stop_reason", result.stop_reason),
         ]
+        hv_columns = hypervolume_columns(result.hypervolume)
+        tags += [RunTag(f"mtlbench.{k}", v) for k, v in hv_columns.items() if isinstance(v, str)]
+        if rows:
+            chosen = selected_row(rows)
+            tags += [
+                RunTag("mtlbench.selection_rule", chosen["selection_rule"] or ""),
+                RunTag("mtlbench.selected_solution", chosen["solution_label"] or ""),
+            ]
+            if chosen["delta_m_reason"]:
+                tags.append(RunTag("mtlbench.delta_m_reason", chosen["delta_m_reason"][:5000]))
         if result.error:
             tags.append(RunTag("mtlbench.error", result.error[:5000]))
         self.client.log_batch(run_id, tags=tags)
@@ -163,11 +183,16 @@ def _final_metrics(result: RunResult, rows: list[dict[str, Any]]) -> dict[str, f
             if not isinstance(value, str)
         },
     }
-    if result.hypervolume is not None:
-        final["hypervolume"] = result.hypervolume.value
-        final["hypervolume_standard_error"] = result.hypervolume.standard_error
+    if result.hypervolume is not None:  # every numeric field of the estimate, as in Parquet
+        for name, value in hypervolume_columns(result.hypervolume).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                final[name] = float(value)
+    final["evaluation_seconds"] = result.evaluation_seconds
     if rows and rows[0]["run_delta_m_pct"] is not None:
-        final["delta_m_pct"] = rows[0]["run_delta_m_pct"]
+        final["delta_m_pct"] = rows[0]["run_delta_m_pct"]  # test Δm% of the selected solution
+        chosen = selected_row(rows)
+        if chosen.get("val_delta_m_pct") is not None:
+            final["val_delta_m_pct"] = chosen["val_delta_m_pct"]
     for solution in result.solutions:
         for name, metric in zip(result.task_names, solution.test_metrics):
             final[f"test.{name}.s{solution.index}"] = metric
@@ -181,12 +206,15 @@ def _front_artifact(result: RunResult, rows: list[dict[str, Any]]) -> dict[str, 
     return {
         "tasks": result.task_names,
         "hv_reference": result.hv_reference,
+        "selection_rule": rows[0]["selection_rule"] if rows else "",
         "solutions": [
             {
                 "label": row["solution_label"],
                 "coordinates": row.get("coordinates"),  # absent from a failed run's row
                 "test_objectives": row.get("test_objectives"),
                 "on_front": row["on_front"],
+                "selected": row["selected"],
+                "val_delta_m_pct": row["val_delta_m_pct"],
                 "delta_m_pct": row["delta_m_pct"],
             }
             for row in rows

@@ -5,7 +5,18 @@ wraps it in the requested gradient engine (which calibrates pass costs and charg
 and steps until the budget is spent (``BudgetExhausted``), ``max_steps`` is reached or the losses
 stop being finite (recorded as *diverged*). The scored checkpoint is the final one or the best
 on validation hypervolume (suite field ``scoring``). Each solution of the method is then
-evaluated on val and test. Evaluation is not charged to the budget.
+evaluated on val and test. Evaluation is not charged to the budget (nor to a seconds budget's
+clock).
+
+Anytime results: every ``training.eval_every`` steps, and once more at the end, every solution
+is evaluated on val and test and the hypervolume of each split's front is recorded against the
+budget spent so far (``RunResult.evaluations``; the evaluation table and the MLflow metrics
+``anytime.*`` come from it). Validation serves ``best_val`` scoring from the same evaluation;
+the test split is evaluated only for the anytime record, once per evaluation point, and never
+chooses anything. Cost: each point is (number of solutions) × (|val| + |test|) forward passes,
+so a 66-solution PML run with ``eval_every: 100`` spends 66 × (|val| + |test|) samples of
+inference every 100 steps; raise ``eval_every`` to thin the curve. The time is recorded as
+``evaluation_seconds`` and excluded from ``train_seconds``.
 """
 
 from __future__ import annotations
@@ -64,6 +75,8 @@ class RunResult:
 
     status: ``completed`` | ``diverged`` | ``failed``; stop_reason: ``budget`` | ``max_steps`` |
     ``diverged`` | ``error``. history: rows of training metrics every ``log_every`` steps.
+    evaluations: the anytime points (step, budget spent, val and test hypervolume), one per
+    ``eval_every`` steps and one for the final state.
     """
 
     spec: RunSpec
@@ -86,6 +99,8 @@ class RunResult:
     scored_step: int = 0
     environment: dict[str, str] = field(default_factory=dict)
     started_at: str = ""
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # EvaluationRecord fields
+    evaluation_seconds: float = 0.0
 
 
 # ---- set-up ----------------------------------------------------------------------------------
@@ -299,6 +314,7 @@ def _train(
         budget.restart_clock()
 
         best_val_hv, best_state, best_step = -math.inf, None, 0
+        last_evaluation: tuple[list[SolutionResult], float] | None = None
         step, stop_reason = 0, "max_steps"
         batch = first
         loop_started = time.perf_counter()
@@ -317,9 +333,12 @@ def _train(
                     break
                 if progress:
                     progress(budget.fraction_spent, step)
-            if spec.scoring == "best_val" and step % training.eval_every == 0:
-                val_hv = _validation_hypervolume(method, taskset, splits, device)
-                if val_hv > best_val_hv:
+            if step % training.eval_every == 0:
+                last_evaluation = _evaluate_point(
+                    method, taskset, splits, device, budget, step, result
+                )
+                val_hv = last_evaluation[1]
+                if spec.scoring == "best_val" and val_hv > best_val_hv:
                     best_val_hv, best_step = val_hv, step
                     best_state = copy.deepcopy(method.state_dict())
             if (
@@ -329,7 +348,7 @@ def _train(
             ):
                 _save_checkpoint(checkpoint_dir, step, method)
             batch = next(batches)
-        result.train_seconds = time.perf_counter() - loop_started
+        result.train_seconds = time.perf_counter() - loop_started - result.evaluation_seconds
         result.engine_stats = engine.report()
     finally:
         engine.close()
@@ -340,14 +359,17 @@ def _train(
         result.error = f"non-finite task loss at step {step}"
         return
     result.scored_step = step
-    if spec.scoring == "best_val":
-        final_val_hv = _validation_hypervolume(method, taskset, splits, device)
-        if best_state is not None and best_val_hv > final_val_hv:
-            method.load_state_dict(best_state)
-            result.scored_step = best_step
+    if last_evaluation is None or result.evaluations[-1]["step"] != step:
+        last_evaluation = _evaluate_point(
+            method, taskset, splits, device, budget, step, result, result.budget
+        )
+    solutions, final_val_hv = last_evaluation  # the final state, evaluated once
+    if spec.scoring == "best_val" and best_state is not None and best_val_hv > final_val_hv:
+        method.load_state_dict(best_state)
+        result.scored_step = best_step
+        solutions = _timed_evaluation(method, taskset, splits, device, result)
     if checkpoint_dir and training.checkpoint_every:
         _save_checkpoint(checkpoint_dir, step, method)
-    solutions = evaluate_solutions(method, taskset, splits, device)
     objectives = [s.test_objectives for s in solutions]
     for solution, on_front in zip(solutions, pareto_mask(np.asarray(objectives))):
         solution.on_front = bool(on_front)
@@ -358,6 +380,43 @@ def _train(
         progress(1.0, step)
 
 
-def _validation_hypervolume(method: Method, taskset: TaskSet, splits: Splits, device) -> float:
-    solutions = evaluate_solutions(method, taskset, splits, device, with_test=False)
-    return front_hypervolume([s.val_objectives for s in solutions], taskset.hv_reference).value
+def _timed_evaluation(
+    method: Method, taskset: TaskSet, splits: Splits, device, result: RunResult
+) -> list[SolutionResult]:
+    started = time.perf_counter()
+    solutions = evaluate_solutions(method, taskset, splits, device)
+    result.evaluation_seconds += time.perf_counter() - started
+    return solutions
+
+
+def _evaluate_point(
+    method: Method,
+    taskset: TaskSet,
+    splits: Splits,
+    device,
+    budget: Budget,
+    step: int,
+    result: RunResult,
+    spend: dict[str, float] | None = None,
+) -> tuple[list[SolutionResult], float]:
+    """Evaluate every solution on val and test (uncharged) and append the anytime point for
+    ``step`` at the budget's current spend (or ``spend``, a ``Budget.summary()``). Returns the
+    solutions and the validation hypervolume."""
+    spend = spend or budget.summary()
+    with budget.uncharged():
+        solutions = _timed_evaluation(method, taskset, splits, device, result)
+        val_hv = front_hypervolume([s.val_objectives for s in solutions], taskset.hv_reference)
+        test_hv = front_hypervolume([s.test_objectives for s in solutions], taskset.hv_reference)
+    result.evaluations.append(
+        {
+            "step": step,
+            "budget_spent": spend["budget_spent"],
+            "budget_spent_flops": spend["budget_spent_flops"],
+            "budget_fraction": spend["budget_fraction_spent"],
+            "val_hypervolume": val_hv.value,
+            "test_hypervolume": test_hv.value,
+            "hv_method": test_hv.method,
+            "num_solutions": len(solutions),
+        }
+    )
+    return solutions, val_hv.value

@@ -10,6 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from mtlbench.harness.cli import app
 from mtlbench.harness.config import parse_suite
+from mtlbench.harness.selection import RULE_VAL_DELTA_M
 from mtlbench.harness.suite import expand_suite
 from mtlbench.harness.trainer import train_run
 from typer.testing import CliRunner
@@ -58,6 +59,13 @@ def test_records_parquet_mlflow_and_leaderboard(finished_suite) -> None:
     ew = [r for r in table if r["method"] == "ew"]
     assert all(len(r["delta_m_baseline_runs"]) == 2 for r in ew)
     assert all(r["delta_m_pct"] == r["run_delta_m_pct"] for r in ew)
+    # one solution per run: it is the selected one, chosen by validation Δm% for EW
+    assert all(r["selected"] for r in table)
+    assert {r["selection_rule"] for r in ew} == {RULE_VAL_DELTA_M}
+    assert all(
+        r["delta_m_reason"] == "" and r["val_delta_m_pct"] == r["val_delta_m_pct"] for r in ew
+    )
+    assert {r["method"] for r in table if r["is_baseline"]} == {"single_task"}
     client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
@@ -77,6 +85,42 @@ def test_records_parquet_mlflow_and_leaderboard(finished_suite) -> None:
     methods = markdown[markdown.index("## Methods") :]
     assert "| ew | loss weighting |" in methods and "1 forward + 1 backward" in methods
     assert list((results / "checkpoints").glob("*/step_*.pt"))
+
+
+def test_anytime_evaluations_recorded(finished_suite) -> None:
+    """Every eval_every steps and at the end: val and test HV against the budget spent, in the
+    evaluation table and as MLflow metrics whose step is the FLOPs spent."""
+    from mtlbench.harness.trainer import front_hypervolume
+
+    _, results = finished_suite
+    runs = {r["run_hash"]: r for r in pq.read_table(results / "runs").to_pylist()}
+    evaluations = pq.read_table(results / "evaluations").to_pylist()
+    assert {e["run_hash"] for e in evaluations} == set(runs)
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    for run_hash, run in runs.items():
+        points = [e for e in evaluations if e["run_hash"] == run_hash]
+        steps = [e["step"] for e in points]
+        assert steps == sorted(steps) and len(points) >= 2
+        assert all(s % 10 == 0 for s in steps[:-1]) and steps[-1] == run["steps"]
+        fractions = [e["budget_fraction"] for e in points]
+        assert fractions == sorted(fractions) and 0 < fractions[0] and fractions[-1] <= 1
+        final = points[-1]
+        assert final["budget_spent"] == run["budget_spent"]
+        assert final["budget_fraction"] == pytest.approx(run["budget_spent"] / run["budget_limit"])
+        for key in ("suite", "method", "method_label", "is_baseline", "dataset", "seed"):
+            assert final[key] == run[key]
+        # the final point is the scored state (scoring: final): same fronts as the run's rows
+        assert final["test_hypervolume"] == pytest.approx(run["hypervolume"])
+        reference = run["hv_reference"]
+        val_hv = front_hypervolume([run["val_objectives"]], reference).value
+        assert final["val_hypervolume"] == pytest.approx(val_hv)
+        history = client.get_metric_history(run["mlflow_run_id"], "anytime.test_hypervolume")
+        logged = sorted((m.step, m.value) for m in history)
+        assert [step for step, _ in logged] == [int(e["budget_spent_flops"]) for e in points]
+        assert [value for _, value in logged] == pytest.approx(
+            [e["test_hypervolume"] for e in points]
+        )
+        assert client.get_metric_history(run["mlflow_run_id"], "anytime.val_hypervolume")
 
 
 def test_rerun_runs_nothing_and_adds_no_rows(finished_suite) -> None:

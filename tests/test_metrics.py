@@ -43,13 +43,14 @@ def test_many_objectives_use_approximation_with_stated_error() -> None:
     rng = np.random.default_rng(1)
     points = rng.uniform(0.2, 1.0, size=(40, 12))
     result = hypervolume(points, [1.0] * 12)
-    assert result.method == "approx-mc" and result.standard_error > 0
+    assert result.method == "fpras" and result.epsilon == 0.01 and result.delta == 0.01
+    assert result.ci_low < result.value < result.ci_high and result.standard_error > 0
     samples = rng.uniform(0, 1, size=(100_000, 12))
     dominated = np.zeros(len(samples), dtype=bool)
     for point in points:
         dominated |= (samples >= point).all(axis=1)
     reference_value = dominated.mean()
-    tolerance = 5 * result.standard_error + 4 * math.sqrt(reference_value / len(samples))
+    tolerance = result.epsilon * reference_value + 4 * math.sqrt(reference_value / len(samples))
     assert abs(result.value - reference_value) < tolerance
 
 
@@ -62,3 +63,17 @@ def test_delta_m_signs() -> None:
     # accuracy up 10% on task 1 (better, negative), MAE up 10% on task 2 (worse, positive): cancel
     assert delta_m_percent([0.55, 1.1], [0.5, 1.0], [True, False]) == pytest.approx(0.0)
     assert delta_m_percent([0.45, 1.0], [0.5, 1.0], [True, False]) == pytest.approx(5.0)
+
+
+def test_delta_m_undefined_is_nan_with_a_reason() -> None:
+    from mtlbench.harness.metrics import delta_m
+
+    zero = delta_m([0.5, 1.0], [0.5, 0.0], [True, False], ["left", "right"])
+    assert math.isnan(zero.value) and zero.reason == "baseline metric of task 'right' is 0"
+    assert math.isnan(delta_m_percent([0.5, 1.0], [0.0, 1.0], [True, False]))
+    missing = delta_m([0.5, 1.0], None, [True, False])
+    assert math.isnan(missing.value) and "no single-task baseline" in missing.reason
+    bad = delta_m([math.nan, 1.0], [0.5, 1.0], [True, False], ["left", "right"])
+    assert math.isnan(bad.value) and bad.reason == "metric of task 'left' is not finite"
+    fine = delta_m([0.45, 1.0], [0.5, 1.0], [True, False])
+    assert fine.value == pytest.approx(5.0) and fine.reason == ""
