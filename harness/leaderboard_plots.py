@@ -89,6 +89,9 @@ def plot_anytime(
         highs = np.array([s.high for s in summaries])
         color = f"C{index % 10}"
         axes.step(grid, means, where="post", color=color, label=f"{label} (n={len(seed_curves)})")
+        # a hypervolume is never negative: a few seeds' t interval can reach below 0, so the
+        # band is drawn within [0, ∞) (the tables keep the interval as computed)
+        lows = np.maximum(lows, 0.0)
         banded = np.isfinite(lows) & np.isfinite(highs)
         if banded.any():
             axes.fill_between(
