@@ -74,26 +74,32 @@ def execute_local(
             progress.remove_task(task)
 
 
+def _identity(spec: RunSpec) -> dict[str, Any]:
+    """The columns that name a run, shared by its result rows and its evaluation rows."""
+    return {
+        "run_hash": spec.run_hash,
+        "suite": spec.suite,
+        "method": spec.method,
+        "method_label": spec.method_label,
+        "is_baseline": METHODS.get(spec.method).is_baseline,
+        "dataset": spec.dataset,
+        "seed": spec.seed,
+        "budget_kind": spec.budget_kind,
+        "budget_limit": spec.budget_limit,
+    }
+
+
 def result_rows(
     result: RunResult, mlflow_run_id: str, previous_rows: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Parquet rows of one run: one per solution (one placeholder row if none was scored), with
     the selected solution and Δm% against the baseline runs among ``previous_rows``."""
     spec = result.spec
-    is_baseline = METHODS.get(spec.method).is_baseline
     base = RunRecord(
-        run_hash=spec.run_hash,
-        suite=spec.suite,
-        method=spec.method,
-        method_label=spec.method_label,
+        **_identity(spec),
         method_params=json.dumps(spec.method_params, sort_keys=True),
-        is_baseline=is_baseline,
         engine=spec.engine,
-        dataset=spec.dataset,
         dataset_params=json.dumps(spec.dataset_params, sort_keys=True),
-        seed=spec.seed,
-        budget_kind=spec.budget_kind,
-        budget_limit=spec.budget_limit,
         budget_spent=result.budget.get("budget_spent", math.nan),
         budget_spent_flops=result.budget.get("budget_spent_flops", math.nan),
         training=json.dumps(spec.training, sort_keys=True),
@@ -138,7 +144,7 @@ def result_rows(
     ] or [base]
     rows = [to_row(record) for record in records]
     baseline = None
-    if not is_baseline and result.status == "completed":
+    if not base.is_baseline and result.status == "completed":
         baseline = baseline_for(previous_rows, rows[0])
     return annotate_run(rows, baseline)
 
@@ -147,21 +153,7 @@ def evaluation_rows(result: RunResult, mlflow_run_id: str) -> list[dict[str, Any
     """Rows of the evaluation table for one run: one per evaluation during training."""
     spec = result.spec
     return [
-        to_row(
-            EvaluationRecord(
-                run_hash=spec.run_hash,
-                suite=spec.suite,
-                method=spec.method,
-                method_label=spec.method_label,
-                is_baseline=METHODS.get(spec.method).is_baseline,
-                dataset=spec.dataset,
-                seed=spec.seed,
-                budget_kind=spec.budget_kind,
-                budget_limit=spec.budget_limit,
-                mlflow_run_id=mlflow_run_id,
-                **point,
-            )
-        )
+        to_row(EvaluationRecord(**_identity(spec), mlflow_run_id=mlflow_run_id, **point))
         for point in result.evaluations
     ]
 

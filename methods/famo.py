@@ -59,7 +59,8 @@ class FAMO(Method[FAMOParams]):
 
     def __init__(self, params: FAMOParams, model, taskset, training):
         super().__init__(params, model, taskset, training)
-        self._logits = nn.Parameter(torch.zeros(len(taskset)))
+        device = next(model.parameters()).device  # the trainer builds the model on its device
+        self._logits = nn.Parameter(torch.zeros(len(taskset), device=device))
         self._logit_optimizer = self._make_logit_optimizer()
         self._min_losses = torch.as_tensor(params.min_losses, dtype=torch.float32)
 
@@ -74,16 +75,6 @@ class FAMO(Method[FAMOParams]):
     def _make_logit_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam([self._logits], lr=self.params.w_lr, weight_decay=self.params.gamma)
 
-    def _follow(self, device: torch.device) -> None:
-        """Move w (and its Adam state) to the losses' device: the trainer moves the model after
-        constructing the method."""
-        if self._logits.device == device:
-            return
-        saved = self._logit_optimizer.state_dict()
-        self._logits = nn.Parameter(self._logits.detach().to(device))
-        self._logit_optimizer = self._make_logit_optimizer()
-        self._logit_optimizer.load_state_dict(saved)
-
     def _log_gaps(self, task_losses: Tensor) -> Tensor:
         """log D_t, D_t = L_t - b_t + eps floored at eps."""
         eps = self.params.epsilon
@@ -94,7 +85,6 @@ class FAMO(Method[FAMOParams]):
         self.optimizer.zero_grad(set_to_none=True)
         state = engine.forward(batch)
         task_losses = state.task_losses.detach()
-        self._follow(task_losses.device)
         z = torch.softmax(self._logits.detach(), dim=0).to(task_losses)
         log_gaps = self._log_gaps(task_losses)
         inverse = z * torch.exp(-log_gaps)  # z_t / D_t

@@ -46,23 +46,13 @@ class UncertaintyWeighting(LossWeighting[UWParams]):
 
     def __init__(self, params: UWParams, model, taskset, training):
         super().__init__(params, model, taskset, training)
+        device = next(model.parameters()).device  # the trainer builds the model on its device
         self._log_variances = nn.Parameter(
-            torch.full((len(taskset),), float(params.initial_log_variance))
+            torch.full((len(taskset),), float(params.initial_log_variance), device=device)
         )
         self._log_variance_optimizer = make_optimizer([self._log_variances], training)
 
-    def _follow(self, device: torch.device) -> None:
-        """Move s (and its optimizer's state) to the losses' device: the trainer moves the model
-        after constructing the method."""
-        if self._log_variances.device == device:
-            return
-        saved = self._log_variance_optimizer.state_dict()
-        self._log_variances = nn.Parameter(self._log_variances.detach().to(device))
-        self._log_variance_optimizer = make_optimizer([self._log_variances], self.training)
-        self._log_variance_optimizer.load_state_dict(saved)
-
     def weights(self, task_losses: Tensor) -> Tensor:
-        self._follow(task_losses.device)
         return 0.5 * torch.exp(-self._log_variances.detach())
 
     def after_backward(self, task_losses: Tensor, weights: Tensor) -> None:
