@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet
 from pydantic import BaseModel, ConfigDict
@@ -64,3 +65,13 @@ class MultiTaskDataset(ABC):
     @abstractmethod
     def build_model(self) -> MultiTaskModel:
         """A freshly initialised default model (uses the global torch RNG: seed first)."""
+
+    @classmethod
+    def true_front(cls, params: DatasetParams) -> np.ndarray | None:
+        """The known Pareto front, or None (every learning dataset: it is unknown).
+
+        A dense sample of the front in objective space, shape (N, T), float64, in the units of
+        the recorded ``test_objectives`` (minimised, task order of :meth:`taskset`); analytic
+        problems return it so that fronts can be held to it (HV / true HV, distance to it).
+        """
+        return None
