@@ -19,7 +19,13 @@ BudgetKind = Literal["flops", "seconds"]
 
 
 class BudgetExhausted(Exception):
-    """Raised by :meth:`Budget.charge` when the next pass would exceed the budget."""
+    """Raised by :meth:`Budget.charge` when the next pass would exceed the budget.
+
+    ``stop_reason`` is what the run records as its stop reason; a method that ends training
+    itself with budget left (a subclass) names its own reason.
+    """
+
+    stop_reason = "budget"
 
 
 @dataclass

@@ -74,7 +74,7 @@ class RunResult:
     """Everything recorded about one run (the tracking layer writes it to MLflow and Parquet).
 
     status: ``completed`` | ``diverged`` | ``failed``; stop_reason: ``budget`` | ``max_steps`` |
-    ``diverged`` | ``error``. history: rows of training metrics every ``log_every`` steps.
+    ``exploration_finished`` (a method ended with budget left) | ``diverged`` | ``error``. history: rows of training metrics every ``log_every`` steps.
     evaluations: the anytime points (step, budget spent, val and test hypervolume), one per
     ``eval_every`` steps and one for the final state.
     """
@@ -321,8 +321,8 @@ def _train(
         while step < training.max_steps:
             try:
                 log = method.step(batch, engine)
-            except BudgetExhausted:
-                stop_reason = "budget"
+            except BudgetExhausted as exhausted:
+                stop_reason = exhausted.stop_reason
                 break
             step += 1
             if step % training.log_every == 0:

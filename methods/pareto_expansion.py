@@ -101,6 +101,8 @@ def precise_min_norm_weights(gram: Tensor, polish_iterations: int = 10) -> Tenso
 class ExplorationFinished(BudgetExhausted):
     """Every ray has stopped: nothing is left to explore, so training ends (budget not spent)."""
 
+    stop_reason = "exploration_finished"
+
 
 class ParetoExpansionParams(MethodParams):
     """Parameters (defaults follow the paper's MultiMNIST run where it states them).
