@@ -193,6 +193,7 @@ class DeepSpeedEngine(BatchedEngine):
     method's optimizer); FLOP costs are calibrated before, on the plain fp32 model."""
 
     name: ClassVar[str] = "deepspeed"
+    options_model: ClassVar[type[BaseModel]] = DeepSpeedOptions  # checked when a suite loads
 
     def __init__(
         self,
@@ -361,8 +362,10 @@ class DeepSpeedEngine(BatchedEngine):
 
     def _heads_term(self, state: StepState, head_weights: Tensor) -> Tensor:
         """sum <theta_heads, g_heads> with g_heads = d(sum_t h_t L_t)/d theta_heads (charged)."""
-        self.charge("heads_backward_params", state.batch_size)
         heads = self.task_parameters
+        if not heads:  # parameter-free heads (analytic problems): no pass, nothing charged
+            return state.task_losses.new_zeros((), dtype=torch.float32)
+        self.charge("heads_backward_params", state.batch_size)
         grads = torch.autograd.grad(
             (head_weights * state.task_losses).sum(), heads, retain_graph=True, allow_unused=True
         )

@@ -96,3 +96,17 @@ class Budget:
         for kind, flops in sorted(self.flops_by_pass.items()):
             record[f"flops_{kind}"] = flops
         return record
+
+
+def require_counted_step(budget: Budget, step_flops: float, what: str) -> None:
+    """Refuse a FLOP budget that could never end a run: ``step_flops`` is what one training step
+    of ``what`` (a model) measures (``harness.costs``: the matrix rule, else the element-wise
+    rule). When it is 0 the run would go on unbudgeted, so this raises ``ConfigError`` (one line,
+    with the advice to use a seconds budget). Seconds budgets always end."""
+    if budget.kind == "flops" and not step_flops > 0:
+        from mtlbench.harness.config import ConfigError  # config imports the engines: lazily
+
+        raise ConfigError(
+            f"{what}: a training step measures 0 FLOPs (no counted operation), so a FLOP budget "
+            "would never end the run; use a seconds budget (budget: {seconds: ...})"
+        )

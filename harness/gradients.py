@@ -18,6 +18,9 @@ Engines here (others register themselves: Ray-sharded, DeepSpeed):
 Reuse: per-task rows already in hand (a Jacobian, z-gradients) feed ``gram`` and ``combine``, so
 sum_t a_t g_t never costs another backward pass; both are charged for their products.
 
+Heads may have no parameters (the ``analytic`` problems' objective heads): the heads-parameter
+pass is then neither made nor charged, and every engine works as with any other heads.
+
 Shapes: T tasks, B samples, P shared (encoder) parameters; ``z`` keeps its own shape.
 """
 
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from mtlbench.harness.budget import Budget
+from mtlbench.harness.budget import Budget, require_counted_step
 from mtlbench.harness.costs import PassCosts
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import Outputs, TaskSet
@@ -118,6 +121,9 @@ class GradientEngine:
         self.costs = PassCosts()
         self.num_tasks = len(taskset)
         self._calibrate(calibration)
+        step_kinds = ("encoder_forward", "heads_forward", "heads_backward", "encoder_backward")
+        step_flops = sum(self.costs.per_sample[kind] for kind in step_kinds)
+        require_counted_step(budget, step_flops, f"model {type(model.encoder).__name__}")
 
     # ---- parameters -------------------------------------------------------------------------
     @property
@@ -184,11 +190,14 @@ class GradientEngine:
                 lambda: torch.autograd.grad(loss, [*heads, detached], retain_graph=True),
                 size,
             )
-            self.costs.measure(
-                "heads_backward_params",
-                lambda: torch.autograd.grad(loss, heads, retain_graph=True),
-                size,
-            )
+            if heads:
+                self.costs.measure(
+                    "heads_backward_params",
+                    lambda: torch.autograd.grad(loss, heads, retain_graph=True),
+                    size,
+                )
+            else:  # parameter-free heads: that pass is never made
+                self.costs.per_sample["heads_backward_params"] = 0.0
             self.costs.measure(
                 "heads_backward_input",
                 lambda: torch.autograd.grad(loss, [detached], retain_graph=True),
@@ -249,7 +258,7 @@ class GradientEngine:
         """
         weights = weights.to(state.task_losses)
         same = head_weights is None
-        head_weights = weights if same else head_weights.to(state.task_losses)
+        head_weights = weights if head_weights is None else head_weights.to(state.task_losses)
         heads = self.task_parameters
         if state.representation_grads is not None:
             z_grad = self.combine(weights, state.representation_grads)
@@ -364,8 +373,10 @@ class GradientEngine:
 
     # ---- helpers ----------------------------------------------------------------------------
     def _heads_param_backward(self, state: StepState, head_weights: Tensor) -> None:
-        self.charge("heads_backward_params", state.batch_size)
         heads = self.task_parameters
+        if not heads:  # parameter-free heads: nothing to differentiate, no pass, no charge
+            return
+        self.charge("heads_backward_params", state.batch_size)
         grads = torch.autograd.grad(
             (head_weights * state.task_losses).sum(), heads, retain_graph=True, allow_unused=True
         )

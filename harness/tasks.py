@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-TaskKind = Literal["classification", "regression"]
+TaskKind = Literal["classification", "regression", "objective"]
 Outputs = Tensor | Sequence[Tensor]
 
 
@@ -24,11 +24,14 @@ class TaskSpec:
     """One task of a dataset.
 
     name: column name in records.
-    kind: ``classification`` (cross-entropy on logits, metric accuracy) or ``regression``
-        (loss ``regression_loss`` on one output, metric mean absolute error).
+    kind: ``classification`` (cross-entropy on logits, metric accuracy), ``regression``
+        (loss ``regression_loss`` on one output, metric mean absolute error) or ``objective``
+        (the model's one output *is* the quantity to minimise: loss, metric and objective are
+        that output itself, lower is better; the analytic problems of ``datasets/analytic.py``).
     hv_reference: the reference value of this task's *objective* (the minimised quantity the
-        hypervolume is computed on: classification error ``1 - accuracy`` or the regression MAE).
-        For classification it is 1.0, the worst possible error; regression datasets state theirs.
+        hypervolume is computed on: classification error ``1 - accuracy``, the regression MAE or
+        the objective's value). For classification it is 1.0, the worst possible error;
+        regression and objective datasets state theirs.
     regression_loss: ``huber`` | ``l1`` | ``mse`` (regression only).
     """
 
@@ -40,12 +43,12 @@ class TaskSpec:
 
     @property
     def metric_name(self) -> str:
-        return "accuracy" if self.kind == "classification" else "mae"
+        return {"classification": "accuracy", "regression": "mae"}.get(self.kind, "objective")
 
     @property
     def objective_name(self) -> str:
         """Name of the minimised quantity used for fronts and hypervolume."""
-        return "error" if self.kind == "classification" else "mae"
+        return {"classification": "error", "regression": "mae"}.get(self.kind, "objective")
 
     @property
     def higher_is_better(self) -> bool:
@@ -55,6 +58,8 @@ class TaskSpec:
         """Per-sample loss. prediction: (B, C); target: (B,) -> (B,)."""
         if self.kind == "classification":
             return F.cross_entropy(prediction, target.long(), reduction="none")
+        if self.kind == "objective":  # the output is the objective: no target
+            return prediction.reshape(-1)
         value = prediction.reshape(-1)
         if self.regression_loss == "huber":
             return F.huber_loss(value, target, reduction="none")
@@ -63,13 +68,16 @@ class TaskSpec:
         return F.mse_loss(value, target, reduction="none")
 
     def metric(self, prediction: Tensor, target: Tensor) -> Tensor:
-        """Per-sample metric (accuracy in {0, 1}, or absolute error). Shapes as ``loss``."""
+        """Per-sample metric (accuracy in {0, 1}, absolute error, or the objective's value).
+        Shapes as ``loss``."""
         if self.kind == "classification":
             return (prediction.argmax(dim=-1) == target.long()).to(prediction.dtype)
+        if self.kind == "objective":
+            return prediction.reshape(-1)
         return (prediction.reshape(-1) - target).abs()
 
     def objective(self, metric_value: float) -> float:
-        """Turn a mean metric into the minimised objective (error or MAE)."""
+        """Turn a mean metric into the minimised objective (error, MAE or the objective)."""
         return 1.0 - metric_value if self.kind == "classification" else metric_value
 
 
