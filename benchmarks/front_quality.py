@@ -8,6 +8,11 @@ Budget and training protocol come from a suite (default: the quickstart's); ever
 through ``harness.trainer.train_run``, as in a suite.
 
 Run: ``python benchmarks/front_quality.py [--suite suites/quickstart.yaml] [--seeds 0 1]``.
+
+``--analytic PROBLEM`` (e.g. ``zdt2_ma2020``) instead scores ``pareto_expansion`` and ``pml``,
+default parameters, on the ``analytic`` dataset: HV of each run's front over the HV of the
+problem's known front (``true_front``), per seed, at ``--analytic-budget`` EW steps' FLOPs
+(default 3,000: the budget at which ``pareto_expansion``'s test holds on ``zdt2_ma2020``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,56 @@ def run_or_fail(spec: RunSpec) -> RunResult:
     return result
 
 
+def analytic_ratios(problem: str, seeds: list[int], budget_ew_steps: float, lr: float) -> None:
+    """Print HV(front) / HV(true front) per seed for pareto_expansion and pml on ``problem``."""
+    dataset_cls = DATASETS.get("analytic")
+    dataset_params = dataset_cls.Params.model_validate({"problem": problem})
+    taskset = dataset_cls.taskset(dataset_params)
+    true_front = dataset_cls.true_front(dataset_params)
+    assert true_front is not None, f"analytic problem {problem} has no true front"
+    true_hv = hypervolume(true_front, taskset.hv_reference).value
+    training = {"batch_size": 1, "optimizer": "adam", "lr": lr}
+    ew = run_or_fail(_analytic_spec("ew", dataset_params, 0, 1e30, {**training, "max_steps": 1}))
+    ew_step_flops = ew.budget["budget_spent_flops"]
+    print(
+        f"{problem}: true HV {true_hv:.4f} at reference {taskset.hv_reference}; budget "
+        f"{budget_ew_steps:g} EW steps ({ew_step_flops:.3g} FLOPs each); training {training}"
+    )
+    for method in ("pareto_expansion", "pml"):
+        for seed in seeds:
+            spec = _analytic_spec(
+                method, dataset_params, seed, budget_ew_steps * ew_step_flops, training
+            )
+            result = train_run(spec)
+            if result.status != "completed" or result.hypervolume is None:
+                print(f"  {method} seed {seed}: {result.status} {result.error.splitlines()[:1]}")
+                continue
+            print(
+                f"  {method} seed {seed}: HV / true HV {result.hypervolume.value / true_hv:.4f} "
+                f"({len(result.solutions)} points, {result.steps} steps, "
+                f"stop reason {result.stop_reason})"
+            )
+
+
+def _analytic_spec(method, dataset_params, seed: int, budget: float, training) -> RunSpec:
+    return RunSpec(
+        suite="front_quality",
+        method=method,
+        method_label=method,
+        method_params={},
+        engine="loop",
+        engine_options={},
+        dataset="analytic",
+        dataset_params=dataset_params.model_dump(mode="json"),
+        seed=seed,
+        budget_kind="flops",
+        budget_limit=budget,
+        training={**training, "eval_every": 100_000},
+        scoring="final",
+        device="cpu",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default=str(ROOT / "suites" / "quickstart.yaml"))
@@ -42,15 +97,30 @@ def main() -> None:
     parser.add_argument(
         "--budget-scale", type=float, default=1.0, help="multiply the suite's budget"
     )
+    parser.add_argument("--analytic", help="an analytic problem: HV / true HV per seed instead")
+    parser.add_argument(
+        "--analytic-budget",
+        type=float,
+        default=3000,
+        help="in EW steps (3000: the budget at which pareto_expansion's test holds on zdt2_ma2020)",
+    )
+    parser.add_argument("--analytic-lr", type=float, default=0.01)
     args = parser.parse_args()
+    if args.analytic:
+        analytic_ratios(args.analytic, args.seeds, args.analytic_budget, args.analytic_lr)
+    else:
+        pml_against_ew(args.suite, args.dataset, args.seeds, args.budget_scale)
 
-    suite = load_suite(args.suite)
-    dataset_cls = DATASETS.get(args.dataset)
+
+def pml_against_ew(suite_path: str, dataset: str, seeds: list[int], budget_scale: float) -> None:
+    """Print PML's front HV against the union of N EW runs' (1/N of the budget each) per seed."""
+    suite = load_suite(suite_path)
+    dataset_cls = DATASETS.get(dataset)
     dataset_params = dataset_cls.Params()
     taskset = dataset_cls.taskset(dataset_params)
     pml_cls = METHODS.get("pml")
     pml_params = pml_cls.Params()
-    budget = suite.budget.limit * args.budget_scale
+    budget = suite.budget.limit * budget_scale
     base = RunSpec(
         suite="front_quality",
         method="pml",
@@ -58,7 +128,7 @@ def main() -> None:
         method_params=pml_params.model_dump(mode="json"),
         engine="loop",
         engine_options={},
-        dataset=args.dataset,
+        dataset=dataset,
         dataset_params=dataset_params.model_dump(mode="json"),
         seed=0,
         budget_kind=suite.budget.kind,
@@ -68,10 +138,10 @@ def main() -> None:
         device="cpu",
     )
     print(
-        f"dataset {args.dataset}, budget {budget:.3g} {suite.budget.kind}, training {suite.training.model_dump()}"
+        f"dataset {dataset}, budget {budget:.3g} {suite.budget.kind}, training {suite.training.model_dump()}"
     )
     rows = []
-    for seed in args.seeds:
+    for seed in seeds:
         pml = run_or_fail(replace(base, seed=seed))
         points = np.array([s.coordinates for s in pml.solutions])
         ew_fronts, ew_steps, ew_seconds = [], 0, 0.0

@@ -21,13 +21,51 @@ from torch import Tensor
 
 
 # ---- preferences and tangent right-hand sides ------------------------------------------------
-def interior_simplex_grid(num_tasks: int, divisions: int) -> list[tuple[int, ...]]:
-    """Lattice points of the simplex with step 1/divisions and every coordinate > 0 (counts)."""
-    points = []
-    for counts in itertools.product(range(1, divisions), repeat=num_tasks):
-        if sum(counts) == divisions:
-            points.append(counts)
-    return points
+def interior_lattice_size(num_vertices: int, divisions: int) -> int:
+    """Number of lattice points of the simplex with step 1/divisions and every coordinate > 0:
+    the compositions of ``divisions`` into ``num_vertices`` positive parts, C(d - 1, T - 1)."""
+    return math.comb(divisions - 1, num_vertices - 1)
+
+
+def interior_lattice_point(num_vertices: int, divisions: int, rank: int) -> tuple[int, ...]:
+    """The ``rank``-th interior lattice point (counts summing to ``divisions``, each >= 1) in
+    lexicographic order, built part by part without enumerating the others.
+
+    Hand-written because itertools enumerates compositions but cannot jump to one: the
+    enumeration is (d - 1)^T tuples, 39^40 at 40 tasks. Cost here: O(T * d) binomials.
+    """
+    if not 0 <= rank < interior_lattice_size(num_vertices, divisions):
+        raise ValueError(f"rank {rank} outside the {num_vertices}-vertex, {divisions}-lattice")
+    counts: list[int] = []
+    remaining = divisions
+    for position in range(num_vertices - 1):
+        parts_after = num_vertices - position - 1
+        value = 1
+        while True:  # compositions starting with `value`: those of the rest into parts_after
+            block = math.comb(remaining - value - 1, parts_after - 1)
+            if rank < block:
+                break
+            rank -= block
+            value += 1
+        counts.append(value)
+        remaining -= value
+    counts.append(remaining)
+    return tuple(counts)
+
+
+def even_interior_lattice(num_vertices: int, count: int) -> tuple[int, list[tuple[int, ...]]]:
+    """``count`` interior points of the coarsest simplex lattice that has at least ``count`` of
+    them, taken evenly (first to last) from its lexicographic order: (divisions, counts).
+
+    The lattice step 1/divisions starts at 1/num_vertices (whose only interior point is the
+    centre, so one point is always the centre) and refines until it has ``count`` points.
+    """
+    divisions = num_vertices
+    while interior_lattice_size(num_vertices, divisions) < count:
+        divisions += 1
+    size = interior_lattice_size(num_vertices, divisions)
+    ranks = [round(i * (size - 1) / max(count - 1, 1)) for i in range(count)]
+    return divisions, [interior_lattice_point(num_vertices, divisions, r) for r in ranks]
 
 
 def preference_grid(num_tasks: int, count: int) -> Tensor:
@@ -42,12 +80,8 @@ def preference_grid(num_tasks: int, count: int) -> Tensor:
     if num_tasks == 2:
         first = torch.arange(1, count + 1, dtype=torch.float64) / (count + 1)
         return torch.stack([first, 1 - first], dim=1)
-    divisions = num_tasks
-    while len(interior_simplex_grid(num_tasks, divisions)) < count:
-        divisions += 1
-    lattice = interior_simplex_grid(num_tasks, divisions)
-    picks = [round(i * (len(lattice) - 1) / max(count - 1, 1)) for i in range(count)]
-    return torch.tensor([lattice[i] for i in picks], dtype=torch.float64) / divisions
+    divisions, lattice = even_interior_lattice(num_tasks, count)
+    return torch.tensor(lattice, dtype=torch.float64) / divisions
 
 
 def tangent_codes(num_tasks: int, random_count: int, generator: torch.Generator) -> Tensor:
@@ -118,6 +152,16 @@ def dominates(first: Tensor, second: Tensor) -> bool:
     return bool((first <= second).all() and (first < second).any())
 
 
+def dominance_matrix(first: Tensor, second: Tensor) -> Tensor:
+    """(n, m) bool: entry (i, j) says whether first[i] dominates second[j] (minimised).
+
+    first: (n, T), second: (m, T). One broadcast comparison (n * m * T), no Python loop.
+    """
+    no_worse = (first[:, None, :] <= second[None, :, :]).all(dim=-1)
+    better = (first[:, None, :] < second[None, :, :]).any(dim=-1)
+    return no_worse & better
+
+
 def images_collide(first: Tensor, second: Tensor) -> bool:
     """Whether two local fronts' images (n, T) and (m, T) meet.
 
@@ -129,7 +173,7 @@ def images_collide(first: Tensor, second: Tensor) -> bool:
     low_second, high_second = second.min(dim=0).values, second.max(dim=0).values
     if bool((low_first <= high_second).all() and (low_second <= high_first).all()):
         return True
-    return any(dominates(a, b) or dominates(b, a) for a in first for b in second)
+    return bool(dominance_matrix(first, second).any() or dominance_matrix(second, first).any())
 
 
 @dataclass
@@ -175,10 +219,12 @@ def merge_local_fronts(fronts: list[LocalFront], images: dict[int, Tensor]) -> l
     merged = []
     for members in groups.values():
         points = list(dict.fromkeys(p for m in members for p in fronts[m].points()))
-        group_images = [images[p] for p in points if p in images]
-        dominated = {
-            p for p in points if p in images and any(dominates(o, images[p]) for o in group_images)
-        }
+        with_image = [p for p in points if p in images]
+        dominated: set[int] = set()
+        if with_image:
+            group_images = torch.stack([images[p] for p in with_image])
+            behind = dominance_matrix(group_images, group_images).any(dim=0)
+            dominated = {p for p, is_behind in zip(with_image, behind.tolist()) if is_behind}
         simplices = [
             simplex
             for m in members
@@ -199,11 +245,5 @@ def simplex_samples(num_vertices: int, count: int) -> list[tuple[float, ...]]:
         return []
     if num_vertices == 2:
         return [(1 - k / (count + 1), k / (count + 1)) for k in range(1, count + 1)]
-    divisions = num_vertices
-    while len(interior_simplex_grid(num_vertices, divisions)) < count:
-        divisions += 1
-    lattice = interior_simplex_grid(num_vertices, divisions)
-    picks = [round(i * (len(lattice) - 1) / max(count - 1, 1)) for i in range(count)]
-    if count == 1:
-        picks = [len(lattice) // 2]
-    return [tuple(c / divisions for c in lattice[i]) for i in picks]
+    divisions, lattice = even_interior_lattice(num_vertices, count)
+    return [tuple(c / divisions for c in counts) for counts in lattice]
