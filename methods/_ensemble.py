@@ -11,6 +11,14 @@ architecture works (conv, linear, normalization, stacked heads held as plain par
 per-layer rewrite. The combination is element-wise (FlopCounterMode does not count it, like other
 element-wise work): O(M·P) per forward, against O(B·P) and more for the model itself.
 
+Members start apart, as the paper's independently trained members do: :meth:`EnsembleModel.
+reinitialised` keeps the model as member 0 and re-draws the others by every module's
+``reset_parameters()``; a parameter that no module can reset (a custom module's, an analytic
+problem's decision vector) is re-drawn uniformly between its own smallest and largest entry, so
+a constant initialisation is copied and a random one gets a fresh draw in its range
+(:func:`reinitialised_copy` states the rule). No model is refused; parts with no parameters
+(parameter-free heads) are stacked as empty parts.
+
 Buffers are *not* interpolated: the architecture's template (a copy of member 0 whose parameter
 slots are emptied) keeps one set, so a BatchNorm layer has one running mean/variance updated by
 every α seen in training, as in the paper's code. :meth:`EnsembleModel.recalibrated_buffers`
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import torch
 from mtlbench.harness.model import MultiTaskModel
@@ -37,39 +46,59 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import update_bn
 
 Buffers = dict[str, Tensor]
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
-def reinitialised_copy(module: nn.Module) -> nn.Module:
+def reinitialised_copy(module: ModuleT) -> ModuleT:
     """A deep copy of ``module`` with every parameter drawn afresh (global torch RNG).
 
-    Calls ``reset_parameters()`` on every submodule that has one (all torch layers and
-    :class:`StackedMLPHeads` do). A parameter whose owner has no such method, nor any ancestor
-    that has, raises TypeError naming the owner (build the ensemble with
-    :meth:`EnsembleModel.from_builder` instead).
+    The rule, per parameter:
+
+    1. its owner, or an ancestor module, has ``reset_parameters()`` (every torch layer and
+       :class:`StackedMLPHeads` do): that method draws it, as the architecture intends;
+    2. otherwise (a custom module holding, say, an ``nn.Parameter(torch.randn(d))`` or a
+       decision vector): each entry is drawn uniformly between the smallest and the largest
+       entry of the original tensor. A random initialisation thus gets an independent draw over
+       the same range, which keeps any sign or box constraint the values obey; a constant one
+       (zeros, ones, a one-element tensor) is copied unchanged, as torch's own resets of
+       normalization layers copy their constants.
+
+    :func:`parameters_without_reset` names the parameters that rule 2 covers. Modules with no
+    parameters at all need nothing. For an initialisation neither rule captures, build the
+    ensemble with :meth:`EnsembleModel.from_builder`.
     """
     fresh = copy.deepcopy(module)
+    unresettable = set(parameters_without_reset(fresh))
+    for name, submodule in fresh.named_modules():
+        reset = getattr(submodule, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    with torch.no_grad():
+        for name, parameter in fresh.named_parameters():
+            if name in unresettable and parameter.numel() > 0:
+                low, high = parameter.min(), parameter.max()
+                parameter.copy_(low + (high - low) * torch.rand_like(parameter))
+    return fresh
+
+
+def parameters_without_reset(module: nn.Module) -> list[str]:
+    """Names of the parameters of ``module`` whose owner and ancestors all lack a callable
+    ``reset_parameters`` (the ones :func:`reinitialised_copy` redraws by its range rule)."""
     resettable = {
         name
-        for name, submodule in fresh.named_modules()
+        for name, submodule in module.named_modules()
         if callable(getattr(submodule, "reset_parameters", None))
     }
-    for name, submodule in fresh.named_modules():
-        if not any(p is not None for p in submodule._parameters.values()):
-            continue
-        ancestry = (
-            [".".join(name.split(".")[:depth]) for depth in range(name.count(".") + 2)]
-            if name
-            else [""]
-        )
-        if not resettable.intersection(ancestry):
-            raise TypeError(
-                f"{type(submodule).__name__} at {name or '<root>'!r} has parameters but neither it "
-                "nor a parent module has reset_parameters(); build the ensemble from a model builder"
+    found: list[str] = []
+    for name, submodule in module.named_modules():
+        parts = name.split(".") if name else []
+        ancestry = {".".join(parts[:depth]) for depth in range(len(parts) + 1)}
+        if resettable.isdisjoint(ancestry):
+            prefix = f"{name}." if name else ""
+            found.extend(
+                prefix + slot for slot, value in submodule._parameters.items() if value is not None
             )
-    for name, submodule in fresh.named_modules():
-        if name in resettable:
-            submodule.reset_parameters()
-    return fresh
+    return found
 
 
 def _parameter_key(name: str) -> str:
@@ -87,6 +116,8 @@ class EnsembleMembers(nn.Module):
         modified in place, so graphs built at an earlier α stay valid).
     """
 
+    alpha: Tensor  # the registered buffer, for a type checker
+
     def __init__(self, parts: Sequence[nn.Module]):
         super().__init__()
         if not parts:
@@ -97,7 +128,7 @@ class EnsembleMembers(nn.Module):
         self.aliases = {
             name: canonical[id(p)] for name, p in parts[0].named_parameters(remove_duplicate=False)
         }
-        stacked = {}
+        stacked: dict[str, list[Tensor]] = {}
         for index, part in enumerate(parts):
             own = dict(part.named_parameters())
             if {n: tuple(p.shape) for n, p in own.items()} != {
@@ -164,6 +195,9 @@ class EnsembleModel(MultiTaskModel):
     Build it from ready members, from one model re-initialised M − 1 times
     (:meth:`reinitialised`), or from a builder called M times (:meth:`from_builder`).
     """
+
+    encoder: EnsembleMembers
+    heads: EnsembleMembers
 
     def __init__(self, members: Sequence[MultiTaskModel]):
         if not members:
