@@ -1,6 +1,9 @@
 """The leaderboard: Markdown and HTML pages built from the Parquet tables alone.
 
-Per (dataset, budget):
+Per protocol (``leaderboard_protocols.py``: dataset and its parameters, budget, training
+settings, scoring, device; runs of different protocols are never averaged together, and each
+heading names the settings that differ from the dataset's other protocols), with one row per
+method label, parameters and engine:
 
 - a ranking of the methods by mean test hypervolume over seeds (equal budget) with 95%
   intervals, paired comparisons against ``ew`` (ties where the seeds cannot tell), the test Δm%
@@ -9,12 +12,14 @@ Per (dataset, budget):
   reference row;
 - the fronts (first seed, first two tasks) with the baseline's ideal point;
 - the anytime view from the evaluation table: test hypervolume against the budget spent (mean
-  and band over seeds) and a ranking at 25%, 50% and 100% of the budget.
+  and band over seeds) and a ranking at 25%, 50% and 100% of the budget;
+- for datasets whose Pareto front is known (``true_front``), HV / true HV and the distance of
+  the solutions to the front (``leaderboard_truth.py``), the front drawn behind the fronts' plot.
 
-With several datasets, an average-rank table across them (Friedman / Nemenyi). The numbers come
-from ``leaderboard_tables.py`` and the figures from ``leaderboard_plots.py``. Each table and
-figure is built on its own: one that fails leaves a one-line note naming it and the error, and
-the rest of the page is written; building never raises for bad records.
+With several datasets, an average-rank table across the protocols' tables (Friedman / Nemenyi).
+The numbers come from ``leaderboard_tables.py`` and the figures from ``leaderboard_plots.py``.
+Each table and figure is built on its own: one that fails leaves a one-line note naming it and
+the error, and the rest of the page is written; building never raises for bad records.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from __future__ import annotations
 import base64
 import html
 import os
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from mtlbench.harness.leaderboard_protocols import ProtocolGroup, split_by_protocol
 from mtlbench.harness.leaderboard_tables import (
     MethodSummary,
     Table,
@@ -154,45 +160,74 @@ def _estimator_note(group: list[Row]) -> str:
 
 
 def _group_section(
-    page: Page, key: tuple, group: list[Row], evaluations: list[Row], summaries_out: dict
+    page: Page, group: ProtocolGroup, evaluations: list[Row], summaries_out: dict
 ) -> None:
     from mtlbench.harness.leaderboard_plots import plot_anytime, plot_fronts
+    from mtlbench.harness.leaderboard_truth import true_front, truth_table
 
-    dataset, budget_kind, budget_limit = key
-    heading = f"{dataset} — budget {budget_limit:.3g} {budget_kind}"
+    heading, rows = group.heading, group.rows
     page.heading(heading)
-    task_names = group[0]["task_names"] or []
+    page.paragraph(f"Protocol: {group.protocol.description()}.")
+    known_front: list[np.ndarray] = []  # the dataset's true front, if it declares one
+
+    def lookup() -> None:
+        front = true_front(rows[0])
+        if front is not None:
+            known_front.append(front)
+
+    page.guarded(f"true front, {heading}", lookup)
+    # a minimised objective is a regression MAE on learning datasets, the objective itself on
+    # analytic problems (those that know their front)
+    minimised = "objective" if known_front else "MAE"
+    task_names = rows[0]["task_names"] or []
     objective_names = [
-        f"{n} test {('error' if h else 'MAE')}"
-        for n, h in zip(task_names, group[0]["higher_is_better"] or [])
+        f"{n} test {('error' if h else minimised)}"
+        for n, h in zip(task_names, rows[0]["higher_is_better"] or [])
     ]
     summaries: list[MethodSummary] = []
 
     def ranking() -> None:
-        summaries.extend(method_summaries(group))
+        summaries.extend(method_summaries(rows))
         page.table(ranking_table(summaries, "Ranking at the end of the budget"))
         summaries_out[heading] = summaries
-        references = ", ".join(fmt(v) for v in group[0]["hv_reference"] or [])
-        baselines = sorted({h for r in group for h in (r["delta_m_baseline_runs"] or [])})
-        rules = sorted({r["selection_rule"] for r in group if r.get("selection_rule")})
+        references = ", ".join(fmt(v) for v in rows[0]["hv_reference"] or [])
+        baselines = sorted({h for r in rows for h in (r["delta_m_baseline_runs"] or [])})
+        rules = sorted({r["selection_rule"] for r in rows if r.get("selection_rule")})
         page.paragraph(
             f"Hypervolume of test objectives ({', '.join(objective_names)}), reference point "
-            f"({references}); estimator: {_estimator_note(group)}; scored checkpoint: "
-            f"{group[0]['scoring']}. Selected solution: {'; '.join(rules) or '—'}. Δm% against "
+            f"({references}); estimator: {_estimator_note(rows)}; scored checkpoint: "
+            f"{rows[0]['scoring']}. Selected solution: {'; '.join(rules) or '—'}. Δm% against "
             f"baseline runs {', '.join(baselines) if baselines else '(none recorded)'}."
         )
 
     page.guarded(f"ranking, {heading}", ranking)
-    stem = f"{dataset}_{budget_kind}_{budget_limit:.3g}".replace("+", "")
+
+    def truth() -> None:
+        if not known_front:
+            return
+        table = truth_table(
+            summaries or method_summaries(rows),
+            known_front[0],
+            list(rows[0]["hv_reference"] or []),
+            "Against the true Pareto front",
+        )
+        page.table(table)
+
+    page.guarded(f"against the true front, {heading}", truth)
 
     def fronts() -> None:
-        image = page.folder / f"{stem}.png"
-        plot_fronts(summaries or method_summaries(group), heading, image, objective_names)
+        image = page.folder / f"{group.stem}.png"
+        plot_fronts(
+            summaries or method_summaries(rows),
+            heading,
+            image,
+            objective_names,
+            known_front[0] if known_front else None,
+        )
         page.image(image, "fronts")
 
     page.guarded(f"fronts plot, {heading}", fronts)
-    hashes = {r["run_hash"] for r in group}
-    points = [e for e in evaluations if e["run_hash"] in hashes]
+    points = group.evaluations(evaluations)
 
     def anytime() -> None:
         page.table(
@@ -200,7 +235,7 @@ def _group_section(
         )
         curves = anytime_curves(points)
         if curves:
-            image = page.folder / f"{stem}_anytime.png"
+            image = page.folder / f"{group.stem}_anytime.png"
             plot_anytime(curves, f"{heading}: test HV against budget", image)
             page.image(image, "hypervolume against budget")
 
@@ -224,15 +259,14 @@ def build_leaderboard(results_dir: Path) -> Path:
         evaluations.extend(store.evaluation_rows())
 
     page.guarded("run table", read)
-    groups: dict[tuple, list[Row]] = defaultdict(list)
-    for row in rows:
-        groups[(row["dataset"], row["budget_kind"], row["budget_limit"])].append(row)
-    if not groups:
+    groups: list[ProtocolGroup] = []
+    page.guarded("protocols", lambda: groups.extend(split_by_protocol(rows)))
+    if not rows:
         page.paragraph("No runs recorded yet.")
     summaries: dict[str, list[MethodSummary]] = {}
-    for key, group in sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))):
-        _group_section(page, key, group, evaluations, summaries)
-    if len({key[0] for key in groups}) > 1:
+    for group in groups:
+        _group_section(page, group, evaluations, summaries)
+    if len({group.protocol.dataset for group in groups}) > 1:
         page.guarded(
             "average rank across datasets", lambda: page.table(average_rank_table(summaries))
         )

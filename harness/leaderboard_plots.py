@@ -4,7 +4,9 @@
   solutions carry 2-D coordinates (continuous fronts: PML, Pareto expansion) are drawn as
   curves. The baseline is one marker, its ideal point (each task's single-task test objective,
   mean over seeds); the axes fit the methods' fronts and that point, not the baseline runs'
-  off-task objectives.
+  off-task objectives. Where the dataset's Pareto front is known (``true_front``), its sample is
+  drawn behind the methods' fronts (a grey line for two tasks, grey dots projected on the first
+  two tasks beyond) and the axes fit it too.
 - :func:`plot_anytime`: test hypervolume against the fraction of the budget spent, per method
   the mean over seeds with a 95% interval band (where two or more seeds have a value).
 """
@@ -28,12 +30,25 @@ def _pyplot():
 
 
 def plot_fronts(
-    summaries: list[MethodSummary], title: str, path: Path, objective_names: list[str]
+    summaries: list[MethodSummary],
+    title: str,
+    path: Path,
+    objective_names: list[str],
+    true_front: np.ndarray | None = None,
 ) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Draw the fronts into ``path``; return the axes' (x, y) limits."""
+    """Draw the fronts into ``path``, the known front's sample ``true_front`` (N, T) behind
+    them if given; return the axes' (x, y) limits."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 5))
     shown: list[np.ndarray] = []
+    if true_front is not None and len(true_front):
+        truth = np.asarray(true_front, dtype=float)[:, :2]
+        shown.append(truth)
+        if true_front.shape[1] == 2:
+            truth = truth[np.argsort(truth[:, 0])]
+            axes.plot(*truth.T, "-", color="0.6", lw=2, zorder=0, label="true front")
+        else:
+            axes.scatter(*truth.T, s=2, color="0.75", zorder=0, label="true front (projected)")
     for index, summary in enumerate(ranked(summaries)):
         if not summary.by_seed:
             continue

@@ -3,7 +3,7 @@
 Everything here is computed from Parquet rows alone and returned as a :class:`Table` (a title,
 a header, string cells and a note), which ``leaderboard.py`` renders as Markdown and HTML.
 
-- :func:`method_summaries`: per method (label) of one dataset×budget group, over its seeds: the
+- :func:`method_summaries`: per method row (label) of one protocol's group, over its seeds: the
   test hypervolume of its front and the test Δm% and per-task test metrics of its *selected*
   solution (chosen on validation, see ``selection.py``), each a mean with a 95% Student-t
   interval (``statistics.mean_ci``), and a paired comparison with ``ew`` over the same seeds
@@ -12,7 +12,7 @@ a header, string cells and a note), which ``leaderboard.py`` renders as Markdown
 - :func:`anytime_table`: test hypervolume at 25%, 50% and 100% of the budget from the evaluation
   table (``statistics.rank_at_fractions``, the last evaluation at or before each fraction).
 - :func:`average_rank_table`: with several datasets, each method's average rank of mean test
-  hypervolume across dataset×budget groups, Friedman test and Nemenyi critical difference
+  hypervolume across the protocols' tables, Friedman test and Nemenyi critical difference
   (``statistics.average_ranks``).
 """
 
@@ -53,7 +53,8 @@ class Table:
 
 @dataclass
 class MethodSummary:
-    """One method label in one dataset×budget group. ``by_seed``: seed → the run's rows."""
+    """One table row (method label, with its differing settings) in one protocol's group.
+    ``by_seed``: seed → the run's rows."""
 
     label: str
     method: str
@@ -103,7 +104,8 @@ def _runs(rows: list[Row]) -> dict[str, list[Row]]:
 
 
 def method_summaries(group: list[Row]) -> list[MethodSummary]:
-    """One summary per method label of a dataset×budget group (rows already selected)."""
+    """One summary per method label of one protocol's rows (already selected, and relabelled
+    by ``leaderboard_protocols.split_by_protocol``)."""
     by_label: dict[str, list[Row]] = defaultdict(list)
     for row in group:
         by_label[row["method_label"]].append(row)
@@ -200,14 +202,17 @@ def ranking_table(summaries: list[MethodSummary], title: str) -> Table:
     the baseline as an unranked reference row."""
     task_names = summaries[0].task_names
     competitors = ranked(summaries)
+    # an ``ew`` recorded with two engines or parameter sets is two rows: the best ranked one is
+    # the reference, and the header names it
     reference = next((s for s in competitors if s.method == REFERENCE_METHOD), None)
+    against = reference.label if reference else REFERENCE_METHOD
     header = [
         "rank",
         "method",
         "test HV mean [95% CI]",
-        f"HV vs {REFERENCE_METHOD}",
+        f"HV vs {against}",
         "Δm% mean [95% CI]",
-        f"Δm% vs {REFERENCE_METHOD}",
+        f"Δm% vs {against}",
         *[f"{name} metric" for name in task_names],
         "wall s",
         "steps",
@@ -245,7 +250,7 @@ def ranking_table(summaries: list[MethodSummary], title: str) -> Table:
     reasons = sorted({r for s in competitors for r in s.delta_m_reasons})
     note = (
         "Ranked by mean test hypervolume over seeds; [low, high] is a 95% Student-t interval "
-        f"over seeds (n=1: no interval). 'vs {REFERENCE_METHOD}': paired over the seeds both "
+        f"over seeds (n=1: no interval). 'vs {against}': paired over the seeds both "
         "have, Wilcoxon signed-rank; 'tie' where the seeds cannot resolve the difference. "
         "Δm% and metrics are those of each run's selected solution (chosen on validation). "
         "The baseline row is the reference, not ranked: its metric for each task is that "
@@ -315,7 +320,8 @@ def anytime_table(evaluations: list[Row], title: str) -> Table:
 
 
 def average_rank_table(groups: dict[str, list[MethodSummary]]) -> Table:
-    """Average rank of mean test HV across dataset×budget groups (one row per group)."""
+    """Average rank of mean test HV across the protocols' tables (one row per table, keyed by
+    its heading)."""
     scores = {
         name: {s.label: s.interval(s.hv).mean for s in summaries if not s.is_baseline}
         for name, summaries in groups.items()
@@ -338,7 +344,7 @@ def average_rank_table(groups: dict[str, list[MethodSummary]]) -> Table:
             ]
         )
     note = (
-        "Rank of each method's mean test hypervolume within each dataset×budget (1 = best, ties "
-        f"averaged), averaged across them. {result.note}."
+        "Rank of each method's mean test hypervolume within each table (one protocol: dataset, "
+        f"budget and settings; 1 = best, ties averaged), averaged across them. {result.note}."
     )
     return Table("Average rank across datasets", header, rows, note)
