@@ -13,33 +13,69 @@ because a rerun of the suite retries failed runs anyway, and a run that kills it
 otherwise be tried again and again. Checkpoints are written under ``results_dir/checkpoints`` as
 the worker sees that path: on a multi-node cluster, put ``results_dir`` on a shared filesystem to
 keep them.
+
+Progress while runs train: each worker puts its run's :class:`RunProgress` reports (merged, at
+most one every ``FORWARD_SECONDS``) on a Ray queue (``ray.util.queue.Queue``, an actor owned by
+the driver); the driver drains it between waits and hands the reports to its monitor, which
+writes the metric points to MLflow. Workers never touch the MLflow store. A report lost with a
+dead worker costs nothing but liveness: the run's record, written from its result, carries every
+point it measured.
 """
 
 from __future__ import annotations
 
 import datetime
+import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import ray
 import torch
 from mtlbench.cluster._ray_setup import connect
 from mtlbench.harness.config import ExecutorConfig
-from mtlbench.harness.runner import Executor, StartCallback
+from mtlbench.harness.progress import MetricPoint, RunProgress
+from mtlbench.harness.runner import Executor, RunMonitor
 from mtlbench.harness.suite import RunSpec
-from mtlbench.harness.trainer import RunResult, environment, train_run
-from rich.progress import Progress
+from mtlbench.harness.trainer import ProgressCallback, RunResult, environment, train_run
+from ray.util.queue import Queue
 
-RunFunction = Callable[[RunSpec, Path | None], RunResult]
+RunFunction = Callable[[RunSpec, Path | None, ProgressCallback | None], RunResult]
+FORWARD_SECONDS = 1.0  # least time between two reports a worker sends to the driver
+WAIT_SECONDS = 0.5  # the driver looks at the progress queue at least this often
+
+
+class _Forwarder:
+    """A worker's progress callback: merges reports, puts one on the queue every
+    ``FORWARD_SECONDS`` as ``(run_hash, RunProgress)`` with every point since the last one."""
+
+    def __init__(self, queue: Queue, run_hash: str):
+        self.queue, self.run_hash = queue, run_hash
+        self.points: list[MetricPoint] = []
+        self.sent_at = -float("inf")
+
+    def __call__(self, update: RunProgress) -> None:
+        self.points += update.points
+        if time.monotonic() - self.sent_at < FORWARD_SECONDS:
+            return
+        merged = RunProgress(
+            update.step, update.fraction, update.elapsed_seconds, tuple(self.points)
+        )
+        try:
+            self.queue.put_nowait((self.run_hash, merged))
+        except Exception:  # noqa: BLE001 - a lost report must not fail the run it reports on
+            return
+        self.points, self.sent_at = [], time.monotonic()
 
 
 def _run_on_worker(
-    spec: RunSpec, checkpoint_dir: str | None, threads: int, run: RunFunction
+    spec: RunSpec, checkpoint_dir: str | None, threads: int, run: RunFunction, queue: Queue
 ) -> RunResult:
-    """The body of one Ray task: train and score ``spec`` on this worker."""
+    """The body of one Ray task: train and score ``spec`` on this worker, reporting to
+    ``queue``."""
     torch.set_num_threads(threads)
-    return run(spec, Path(checkpoint_dir) if checkpoint_dir else None)
+    path = Path(checkpoint_dir) if checkpoint_dir else None
+    return run(spec, path, _Forwarder(queue, spec.run_hash))
 
 
 def failed_result(spec: RunSpec, error: BaseException) -> RunResult:
@@ -62,31 +98,34 @@ def ray_executor(config: ExecutorConfig, run: RunFunction = train_run) -> Execut
     """An executor running each spec as a Ray task (``run`` is the task body; tests swap it)."""
 
     def execute(
-        specs: list[RunSpec], on_start: StartCallback, progress: Progress | None, results_dir: Path
-    ) -> Iterator[RunResult]:
+        specs: list[RunSpec], monitor: RunMonitor, results_dir: Path
+    ) -> Generator[RunResult, None, None]:
         started_here = connect(config.address)
         task = ray.remote(_run_on_worker).options(
             num_cpus=config.cpus_per_run, num_gpus=config.gpus_per_run, max_retries=0
         )
         threads = max(1, int(config.cpus_per_run))
         checkpoints = (Path(results_dir) / "checkpoints").resolve()
-        queue = list(specs)
-        pending: dict[ray.ObjectRef, tuple[RunSpec, object]] = {}
+        reports = Queue(actor_options={"num_cpus": 0})
+        by_hash = {spec.run_hash: spec for spec in specs}
+
+        def forward_reports() -> None:
+            for run_hash, update in reports.get_nowait_batch(reports.qsize()):
+                monitor.progressed(by_hash[run_hash], update)
+
+        waiting = list(specs)
+        pending: dict[ray.ObjectRef, RunSpec] = {}
         try:
-            while queue or pending:
-                while queue and len(pending) < config.max_concurrent_runs:
-                    spec = queue.pop(0)
-                    on_start(spec)
-                    ref = task.remote(spec, str(checkpoints / spec.run_hash), threads, run)
-                    bar = (
-                        progress.add_task(f"  {spec.title} (ray)", total=None) if progress else None
-                    )
-                    pending[ref] = (spec, bar)
-                done, _ = ray.wait(list(pending), num_returns=1)
+            while waiting or pending:
+                while waiting and len(pending) < config.max_concurrent_runs:
+                    spec = waiting.pop(0)
+                    monitor.started(spec)
+                    checkpoint_dir = str(checkpoints / spec.run_hash)
+                    pending[task.remote(spec, checkpoint_dir, threads, run, reports)] = spec
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
+                forward_reports()  # before a result, so no report arrives after its record
                 for ref in done:
-                    spec, bar = pending.pop(ref)
-                    if progress is not None and bar is not None:
-                        progress.remove_task(bar)
+                    spec = pending.pop(ref)
                     try:
                         result = ray.get(ref)
                     except Exception as error:  # noqa: BLE001 - a lost run is recorded, the suite goes on
@@ -95,6 +134,7 @@ def ray_executor(config: ExecutorConfig, run: RunFunction = train_run) -> Execut
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
+            reports.shutdown(force=True)
             if started_here:
                 ray.shutdown()
 

@@ -33,6 +33,27 @@ class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class DivergenceRule(BaseModel):
+    """When a run counts as diverged (checked every ``log_every`` steps; recorded with its reason).
+
+    A run diverges at the first of: a non-finite task loss; a non-finite trained parameter (if
+    ``check_parameters``); the mean task loss above ``loss_ratio`` × its value at step 1 (the loss
+    before any update) for ``consecutive_logs`` logged steps in a row. The ratio rule applies only
+    when that initial mean loss is > 0, and is off with ``loss_ratio: null``. A method that raises
+    while its mean training loss is above the ratio (re-measured on the current batch) is also
+    recorded ``diverged``: the failure is the blow-up's consequence.
+
+    The mean over tasks, not each task's loss: a trade-off may raise one task's loss many times
+    over (a task started near its optimum), never the mean of all by a factor of 100.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loss_ratio: float | None = Field(100.0, gt=1)
+    consecutive_logs: int = Field(3, ge=1)
+    check_parameters: bool = True
+
+
 class TrainingConfig(BaseModel):
     """Optimisation settings shared by every method of a suite (one fair protocol).
 
@@ -41,6 +62,7 @@ class TrainingConfig(BaseModel):
     log_every: steps between recorded training metrics (and divergence checks).
     eval_every: steps between validation evaluations (used by ``scoring: best_val``).
     checkpoint_every: steps between checkpoints on disk (0 = none).
+    divergence: the rule that ends a run as ``diverged`` (:class:`DivergenceRule`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -54,6 +76,7 @@ class TrainingConfig(BaseModel):
     log_every: int = Field(10, gt=0)
     eval_every: int = Field(100, gt=0)
     checkpoint_every: int = Field(0, ge=0)
+    divergence: DivergenceRule = DivergenceRule()
 
 
 def make_optimizer(params: Any, training: TrainingConfig) -> torch.optim.Optimizer:
@@ -163,6 +186,11 @@ class Method(ABC, Generic[ParamsT]):
     def solutions(self) -> Iterator[Solution]:
         """The parameter sets to evaluate; evaluated one at a time, in order."""
         yield Solution("model", self.model)
+
+    def report(self) -> dict[str, float | str]:
+        """What the method has to say about its run when training ends (recorded in the run's
+        ``engine_stats`` as ``method.<key>``); e.g. why a front exploration stopped."""
+        return {}
 
     # ---- checkpoints -------------------------------------------------------------------------
     def weighting_state(self) -> dict[str, Any]:

@@ -4,6 +4,12 @@ The driver is the only writer of records: an executor (local, in this process; R
 yields :class:`RunResult` objects and the driver turns each into Parquet rows and an MLflow run
 as soon as it arrives, so a suite killed half-way keeps every finished run and a rerun does only
 the missing ones.
+
+While runs train, the executor forwards their :class:`~mtlbench.harness.progress.RunProgress`
+reports to the driver (:class:`RunMonitor`), which shows them (bars on a terminal, else a line
+every ``report_seconds``) and writes their metric points to MLflow as they come. On Ctrl-C,
+:func:`run_suite` marks the suite's open MLflow runs KILLED, says what finished and how to
+continue, and re-raises ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ import copy
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterator
+import shlex
+import sys
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mtlbench.harness.config import ConfigError, SuiteConfig
+from mtlbench.harness.progress import RunProgress, SuiteProgress
 from mtlbench.harness.records import EvaluationRecord, RunRecord, to_row
 from mtlbench.harness.registry import METHODS
 from mtlbench.harness.selection import annotate_run, baseline_for, is_baseline_row
@@ -25,10 +34,21 @@ from mtlbench.harness.store import ResultStore
 from mtlbench.harness.suite import RunSpec, expand_suite
 from mtlbench.harness.trainer import RunResult, train_run
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-StartCallback = Callable[[RunSpec], None]
-Executor = Callable[[list[RunSpec], StartCallback, Progress | None, Path], Iterator[RunResult]]
+
+@dataclass(frozen=True)
+class RunMonitor:
+    """What an executor tells the driver about runs in flight (the driver's callbacks).
+
+    started(spec): the run is about to start; progressed(spec, report): a report of a run in
+    flight (called on the driver's thread; late reports of a recorded run are ignored).
+    """
+
+    started: Callable[[RunSpec], None]
+    progressed: Callable[[RunSpec, RunProgress], None]
+
+
+Executor = Callable[[list[RunSpec], RunMonitor, Path], Generator[RunResult, None, None]]
 
 
 @dataclass
@@ -58,20 +78,16 @@ def ensure_writable(results_dir: Path) -> None:
 
 
 def execute_local(
-    specs: list[RunSpec], on_start: StartCallback, progress: Progress | None, results_dir: Path
-) -> Iterator[RunResult]:
-    """Run each spec in this process, one after another."""
+    specs: list[RunSpec], monitor: RunMonitor, results_dir: Path
+) -> Generator[RunResult, None, None]:
+    """Run each spec in this process, one after another; reports go straight to ``monitor``."""
     for spec in specs:
-        on_start(spec)
-        task = progress.add_task(f"  {spec.title}", total=1.0) if progress else None
+        monitor.started(spec)
 
-        def report(fraction: float, step: int, task=task, title: str = spec.title) -> None:
-            if progress is not None and task is not None:
-                progress.update(task, completed=fraction, description=f"  {title} step {step}")
+        def report(update: RunProgress, spec: RunSpec = spec) -> None:
+            monitor.progressed(spec, update)
 
         yield train_run(spec, results_dir / "checkpoints" / spec.run_hash, report)
-        if progress is not None and task is not None:
-            progress.remove_task(task)
 
 
 def _identity(spec: RunSpec) -> dict[str, Any]:
@@ -165,8 +181,16 @@ def run_suite(
     executor: str | None = None,
     console: Console | None = None,
     show_progress: bool = True,
+    report_seconds: float = 60.0,
+    rerun_command: str | None = None,
 ) -> SuiteSummary:
-    """Execute every run of ``suite`` not already recorded; return what was done."""
+    """Execute every run of ``suite`` not already recorded; return what was done.
+
+    show_progress: progress bars, when ``console`` is a terminal; otherwise (or without bars) a
+    progress line every ``report_seconds`` (0: none). rerun_command: the command that continues
+    the suite, printed on Ctrl-C (default: this process's ``mtlbench run ...`` command line).
+    Raises KeyboardInterrupt after recording the interruption (open MLflow runs KILLED).
+    """
     from mtlbench.harness.tracking import Tracker
 
     console = console or Console(stderr=True)
@@ -177,51 +201,94 @@ def run_suite(
     finished = store.finished_hashes()
     todo = [spec for spec in specs if spec.run_hash not in finished]
     summary = SuiteSummary(planned=len(specs), skipped=len(specs) - len(todo))
-    console.print(
-        f"suite {suite.name}: {len(specs)} runs, {summary.skipped} already recorded, {len(todo)} to run"
-    )
+    plan = f"suite {suite.name}: {len(specs)} runs, {summary.skipped} already recorded, {len(todo)} to run"
     if not todo:
+        console.print(plan)
         return summary
+    # the store is opened before anything is printed: a corrupt or unreachable one is one line
     tracker = Tracker(results_dir, suite.name, tracking_uri or suite.output.tracking_uri)
+    console.print(plan)
     stale = tracker.mark_stale_runs()
     if stale:
         console.print(f"marked {stale} interrupted MLflow run(s) as KILLED")
     mlflow_ids: dict[str, str] = {}
+    open_ids: dict[str, str] = {}  # run hash -> MLflow id of the runs started, not yet recorded
+    view = SuiteProgress(
+        console,
+        suite.name,
+        len(todo),
+        bars=show_progress and console.is_terminal,
+        report_seconds=report_seconds,
+    )
 
-    def on_start(spec: RunSpec) -> None:
-        mlflow_ids[spec.run_hash] = tracker.start_run(spec)
+    def started(spec: RunSpec) -> None:
+        mlflow_ids[spec.run_hash] = open_ids[spec.run_hash] = tracker.start_run(spec)
+        view.run_started(spec)
+
+    def progressed(spec: RunSpec, update: RunProgress) -> None:
+        view.run_progressed(spec, update)
+        if spec.run_hash in open_ids:
+            tracker.log_progress(open_ids[spec.run_hash], update.points)
 
     kind = executor or suite.executor.kind
     run_executor = _executor(kind, suite)
-    columns = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    ]
-    with Progress(
-        *columns, console=console, disable=not show_progress, transient=False
-    ) as progress:
-        overall = progress.add_task(f"suite {suite.name}", total=len(todo))
-        for result in run_executor(todo, on_start, progress, results_dir):
-            rows = result_rows(result, mlflow_ids.get(result.spec.run_hash, ""), store.rows())
-            store.write_run(result.spec.run_hash, rows)
-            store.write_evaluations(
-                result.spec.run_hash,
-                evaluation_rows(result, mlflow_ids.get(result.spec.run_hash, "")),
-            )
-            run_id = mlflow_ids.get(result.spec.run_hash) or tracker.start_run(result.spec)
-            tracker.finish_run(run_id, result, rows)
-            summary.recorded.append(result)
-            progress.advance(overall)
-            if result.status != "completed":
-                first_line = result.error.splitlines()[0] if result.error else ""
-                console.print(f"[yellow]{result.spec.title}: {result.status}[/] {first_line}")
+    results = run_executor(todo, RunMonitor(started, progressed), results_dir)
+    try:
+        with view:
+            for result in results:
+                rows = result_rows(result, mlflow_ids.get(result.spec.run_hash, ""), store.rows())
+                store.write_run(result.spec.run_hash, rows)
+                store.write_evaluations(
+                    result.spec.run_hash,
+                    evaluation_rows(result, mlflow_ids.get(result.spec.run_hash, "")),
+                )
+                run_id = mlflow_ids.get(result.spec.run_hash) or tracker.start_run(result.spec)
+                tracker.finish_run(run_id, result, rows)
+                open_ids.pop(result.spec.run_hash, None)
+                summary.recorded.append(result)
+                view.run_finished(result)
+                if result.status != "completed":
+                    first_line = result.error.splitlines()[0] if result.error else ""
+                    console.print(f"[yellow]{result.spec.title}: {result.status}[/] {first_line}")
+    except KeyboardInterrupt:
+        killed = tracker.interrupt(list(open_ids.values()))
+        console.print(
+            _interruption_message(summary, view, killed, results_dir, rerun_command),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,  # one line, whatever the console width: the command is copied
+        )
+        raise
+    finally:
+        results.close()  # an executor stopped early ends its runs (Ray: cancels its tasks)
     backfilled = backfill_delta_m(store, tracker)
     if backfilled:
         console.print(f"Δm% filled in for {backfilled} run(s) that finished before their baseline")
     tracker.finish_suite()
     return summary
+
+
+def _interruption_message(
+    summary: SuiteSummary,
+    view: SuiteProgress,
+    killed: int,
+    results_dir: Path,
+    rerun_command: str | None,
+) -> str:
+    """What an interrupted suite says: what finished, what was stopped, how to continue."""
+    if rerun_command is None and sys.argv[1:2] == ["run"]:  # the CLI: this very command
+        rerun_command = shlex.join(["mtlbench", *sys.argv[1:]])
+    how = (
+        f"to continue, run: {rerun_command}"
+        if rerun_command
+        else f"to continue, run the same suite with results folder {results_dir}"
+    )
+    return (
+        f"interrupted: {len(summary.recorded)} of {summary.planned - summary.skipped} "
+        f"runs recorded this time ({view.counts_text()}), {summary.skipped} recorded before; "
+        f"{killed} run(s) in flight marked KILLED in MLflow. Recorded runs are kept and skipped "
+        f"on a rerun; {how}"
+    )
 
 
 def backfill_delta_m(store: ResultStore, tracker: Any = None) -> int:

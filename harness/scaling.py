@@ -706,11 +706,11 @@ def log_study(
     """One MLflow run for the study: a metric per (axis, method, quantity) with step = the axis
     value, the fitted slopes, the study's settings as parameters and its table as an artifact."""
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
     from mtlbench.harness.tracking import BATCH_LIMIT, default_tracking_uri, experiment_id_for
+    from mtlbench.harness.tracking_store import open_tracking_client
 
-    client = MlflowClient(
-        tracking_uri=tracking_uri or study.output.tracking_uri or default_tracking_uri(results_dir)
+    client = open_tracking_client(
+        tracking_uri or study.output.tracking_uri or default_tracking_uri(results_dir), results_dir
     )
     experiment_id = experiment_id_for(client, study.name, results_dir)
     run = client.create_run(

@@ -4,7 +4,14 @@ The default store is a SQLite file under the results folder; ``tracking_uri`` ma
 Only the driver writes (a SQLite store must not be migrated or written by many processes at
 once): runs executed elsewhere report their :class:`RunResult` back and are recorded here.
 A child run is created RUNNING when its run starts; if the driver dies, the next invocation of
-the suite marks such stale runs KILLED before it starts anything.
+the suite marks such stale runs KILLED before it starts anything; an interrupted suite
+(Ctrl-C) marks its own open runs KILLED (:meth:`Tracker.interrupt`).
+
+Metrics reach MLflow while a run trains: the driver hands each run's new points to
+:meth:`Tracker.log_progress`, which writes them at most every ``live_flush_seconds`` per run;
+:meth:`Tracker.finish_run` writes the rest and the final metrics, never a (key, step) pair twice.
+Every point carries the time it was measured (``MetricPoint.timestamp_ms``), not the time it
+was written; the final metrics carry the time the run ended.
 """
 
 from __future__ import annotations
@@ -13,14 +20,18 @@ import json
 import logging
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mtlbench.harness.progress import MetricPoint
 from mtlbench.harness.records import hypervolume_columns
 from mtlbench.harness.selection import selected_row
 from mtlbench.harness.suite import RunSpec
+from mtlbench.harness.tracking_store import open_tracking_client
 from mtlbench.harness.trainer import RunResult
 
 SUITE_TAG = "mtlbench.suite"
@@ -40,20 +51,34 @@ def experiment_id_for(client: MlflowClient, name: str, results_dir: Path) -> str
     if experiment is not None:
         return experiment.experiment_id
     artifacts = (Path(results_dir) / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=artifacts)
+    try:
+        return client.create_experiment(name, artifact_location=artifacts)
+    except MlflowException:  # another process created it in between: use theirs
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 class Tracker:
-    """Writes a suite's runs into one MLflow experiment named after the suite."""
+    """Writes a suite's runs into one MLflow experiment named after the suite.
+
+    live_flush_seconds: the least time between two writes of one run's live points.
+    """
+
+    live_flush_seconds: float = 5.0
 
     def __init__(self, results_dir: Path, suite_name: str, tracking_uri: str | None = None):
         for noisy in ("mlflow", "alembic"):  # schema-migration chatter on a new SQLite store
             logging.getLogger(noisy).setLevel(logging.WARNING)
         self.tracking_uri = tracking_uri or default_tracking_uri(results_dir)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.client = open_tracking_client(self.tracking_uri, results_dir)
         self.suite_name = suite_name
         self.experiment_id = experiment_id_for(self.client, suite_name, results_dir)
         self.parent_run_id = self._suite_run()
+        self._written: dict[str, set[tuple[str, int]]] = {}  # run id -> (key, step) in MLflow
+        self._unwritten: dict[str, list[MetricPoint]] = {}  # run id -> points awaiting a flush
+        self._last_flush: dict[str, float] = {}  # run id -> time.monotonic() of its last write
 
     def _suite_run(self) -> str:
         found = self.client.search_runs(
@@ -114,28 +139,44 @@ class Tracker:
         )
         return run.info.run_id
 
-    def finish_run(self, run_id: str, result: RunResult, rows: list[dict[str, Any]]) -> None:
-        """Log the curves, final metrics, environment and front; then end the run."""
+    def log_progress(self, run_id: str, points: list[MetricPoint] | tuple[MetricPoint, ...]) -> int:
+        """Queue a run's new points and write the queue if the run's last write is at least
+        ``live_flush_seconds`` old (the first write at once). Returns the points written."""
+        self._unwritten.setdefault(run_id, []).extend(points)
+        last = self._last_flush.get(run_id)
+        if last is not None and time.monotonic() - last < self.live_flush_seconds:
+            return 0
+        return self._flush(run_id)
+
+    def _flush(self, run_id: str) -> int:
+        pending, self._unwritten[run_id] = self._unwritten.get(run_id, []), []
+        self._last_flush[run_id] = time.monotonic()
+        return self._log_points(run_id, pending)
+
+    def _log_points(self, run_id: str, points: list[MetricPoint]) -> int:
+        """Write the points not yet in MLflow for ``run_id`` (by (key, step)); return how many."""
+        written = self._written.setdefault(run_id, set())
         metrics = []
-        for row in result.history:
-            step = int(row["step"])
-            metrics += [
-                Metric(f"train.{k}".replace("/", "."), v, 0, step)
-                for k, v in row.items()
-                if k != "step" and math.isfinite(v)
-            ]
-        # anytime curves: MLflow's step is the budget spent so far, in FLOPs
-        for point in result.evaluations:
-            flops = int(point["budget_spent_flops"])
-            metrics += [
-                Metric(f"anytime.{name}", point[name], 0, flops)
-                for name in ("val_hypervolume", "test_hypervolume")
-                if math.isfinite(point[name])
-            ]
-        final = _final_metrics(result, rows)
-        metrics += [Metric(k, v, 0, result.steps) for k, v in final.items() if math.isfinite(v)]
+        for point in points:
+            identity = (point.key, point.step)
+            if identity in written or not math.isfinite(point.value):
+                continue
+            written.add(identity)
+            metrics.append(Metric(point.key, point.value, point.timestamp_ms, point.step))
         for start in range(0, len(metrics), BATCH_LIMIT):
             self.client.log_batch(run_id, metrics=metrics[start : start + BATCH_LIMIT])
+        return len(metrics)
+
+    def finish_run(self, run_id: str, result: RunResult, rows: list[dict[str, Any]]) -> None:
+        """Log the curves not written yet, the final metrics, environment and front; then end
+        the run. Curves: ``train.*`` against the step, ``anytime.*`` against FLOPs spent."""
+        ended_ms = result.ended_ms or int(time.time() * 1000)
+        final = _final_metrics(result, rows)
+        points = list(result.metric_points)
+        points += [MetricPoint(k, v, ended_ms, result.steps) for k, v in final.items()]
+        self._log_points(run_id, points)
+        for run_state in (self._written, self._unwritten, self._last_flush):
+            run_state.pop(run_id, None)
         tags = [RunTag(f"env.{k}", str(v)[:5000]) for k, v in result.environment.items()]
         tags += [
             RunTag(f"mtlbench.engine.{key}", value)
@@ -168,6 +209,15 @@ class Tracker:
 
     def finish_suite(self) -> None:
         self.client.set_terminated(self.parent_run_id, status="FINISHED")
+
+    def interrupt(self, open_run_ids: list[str]) -> int:
+        """The suite was interrupted: write the open runs' queued points, mark them and the
+        suite run KILLED. Returns the number of runs marked."""
+        for run_id in open_run_ids:
+            self._flush(run_id)
+            self.client.set_terminated(run_id, status="KILLED")
+        self.client.set_terminated(self.parent_run_id, status="KILLED")
+        return len(open_run_ids)
 
 
 def _final_metrics(result: RunResult, rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -2,8 +2,11 @@
 
 ``train_run(spec)`` seeds everything, builds the dataset's default model, hands it to the method,
 wraps it in the requested gradient engine (which calibrates pass costs and charges the budget),
-and steps until the budget is spent (``BudgetExhausted``), ``max_steps`` is reached or the losses
-stop being finite (recorded as *diverged*). The scored checkpoint is the final one or the best
+and steps until the budget is spent (``BudgetExhausted``), ``max_steps`` is reached or the run
+diverges (``training.divergence``, :class:`~mtlbench.harness.method.DivergenceRule`: a
+non-finite loss or parameter, or a loss that stays far above its initial value; recorded as
+*diverged* with the reason). A run whose budget cannot pay for one step is *failed*, not
+completed. The scored checkpoint is the final one or the best
 on validation hypervolume (suite field ``scoring``). Each solution of the method is then
 evaluated on val and test. Evaluation is not charged to the budget (nor to a seconds budget's
 clock).
@@ -17,6 +20,11 @@ chooses anything. Cost: each point is (number of solutions) × (|val| + |test|) 
 so a 66-solution PML run with ``eval_every: 100`` spends 66 × (|val| + |test|) samples of
 inference every 100 steps; raise ``eval_every`` to thin the curve. The time is recorded as
 ``evaluation_seconds`` and excluded from ``train_seconds``.
+
+While it trains, a run reports :class:`~mtlbench.harness.progress.RunProgress` to its
+``progress`` callback after every logged step and every evaluation, with the MLflow metric points
+measured since the last report (``train.*`` at each log, ``anytime.*`` at each evaluation),
+stamped with the time they were measured; all of them are also in ``RunResult.metric_points``.
 """
 
 from __future__ import annotations
@@ -42,14 +50,17 @@ import torch
 from mtlbench.harness.budget import Budget, BudgetExhausted
 from mtlbench.harness.data import evaluation_batches, training_batches
 from mtlbench.harness.dataset import MultiTaskDataset, Splits
-from mtlbench.harness.gradients import get_engine
+from mtlbench.harness.divergence import DivergenceWatch, mean_task_loss
+from mtlbench.harness.gradients import Batch, get_engine
 from mtlbench.harness.method import Method, TrainingConfig
 from mtlbench.harness.metrics import HypervolumeResult, hypervolume, pareto_mask
+from mtlbench.harness.progress import MetricPoint, RunProgress, now_ms
 from mtlbench.harness.registry import DATASETS, METHODS
 from mtlbench.harness.suite import RunSpec
 from mtlbench.harness.tasks import TaskSet
 
-ProgressCallback = Callable[[float, int], None]
+ProgressCallback = Callable[[RunProgress], None]
+ANYTIME_KEYS = ("val_hypervolume", "test_hypervolume")
 EVAL_BATCH_SIZE = 1024
 
 
@@ -74,9 +85,12 @@ class RunResult:
     """Everything recorded about one run (the tracking layer writes it to MLflow and Parquet).
 
     status: ``completed`` | ``diverged`` | ``failed``; stop_reason: ``budget`` | ``max_steps`` |
-    ``exploration_finished`` (a method ended with budget left) | ``diverged`` | ``error``. history: rows of training metrics every ``log_every`` steps.
+    ``exploration_finished`` (a method ended with budget left) | ``diverged`` | ``error``
+    (a run stopped by its budget before its first step is ``failed``). history: rows of training metrics every ``log_every`` steps.
     evaluations: the anytime points (step, budget spent, val and test hypervolume), one per
-    ``eval_every`` steps and one for the final state.
+    ``eval_every`` steps and one for the final state. metric_points: every MLflow point the run
+    measured (training rows, anytime points, in order), with its measurement time; ended_ms:
+    Unix time (ms) the run ended (the timestamp of its final metrics).
     """
 
     spec: RunSpec
@@ -101,6 +115,8 @@ class RunResult:
     started_at: str = ""
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # EvaluationRecord fields
     evaluation_seconds: float = 0.0
+    metric_points: list[MetricPoint] = field(default_factory=list)
+    ended_ms: int = 0
 
 
 # ---- set-up ----------------------------------------------------------------------------------
@@ -237,8 +253,54 @@ def _log_row(step: int, log: dict[str, torch.Tensor], names: list[str], budget: 
     return row
 
 
-def _is_diverged(row: dict[str, float]) -> bool:
-    return any(not math.isfinite(v) for k, v in row.items() if k.startswith("task_losses"))
+def _row_points(row: dict[str, float]) -> list[MetricPoint]:
+    """The MLflow points of one logged row, stamped now (``train.<key>``, ``/`` as ``.``)."""
+    stamp, step = now_ms(), int(row["step"])
+    return [
+        MetricPoint(f"train.{key}".replace("/", "."), value, stamp, step)
+        for key, value in row.items()
+        if key != "step" and math.isfinite(value)
+    ]
+
+
+def _evaluation_points(point: dict[str, Any], wall_seconds: float) -> list[MetricPoint]:
+    """The MLflow points of one anytime evaluation, stamped now; step: FLOPs spent so far."""
+    stamp, flops = now_ms(), int(point["budget_spent_flops"])
+    values = {f"anytime.{name}": point[name] for name in ANYTIME_KEYS}
+    values["anytime.wall_seconds"] = wall_seconds
+    return [
+        MetricPoint(key, float(value), stamp, flops)
+        for key, value in values.items()
+        if math.isfinite(value)
+    ]
+
+
+def _trained_tensors(method: Method) -> list[torch.Tensor]:
+    """The model's parameters and anything else the optimizer updates (UW's, FAMO's own)."""
+    tensors = list(method.model.parameters())
+    seen = {id(t) for t in tensors}
+    for group in getattr(method.optimizer, "param_groups", []):
+        for tensor in group["params"]:
+            if isinstance(tensor, torch.Tensor) and id(tensor) not in seen:
+                tensors.append(tensor)
+                seen.add(id(tensor))
+    return tensors
+
+
+@torch.no_grad()
+def _mean_loss_now(method: Method, taskset: TaskSet, batch: Batch) -> float | None:
+    """The mean task loss of the method's first solution on ``batch`` (eval mode, uncharged);
+    None if it cannot be measured (the state is too broken to run a forward)."""
+    try:
+        model = next(iter(method.solutions())).model
+        was_training = model.training
+        model.eval()
+        inputs, targets = batch
+        losses = taskset.per_sample_losses(model(inputs), targets).double().mean()
+        model.train(was_training)
+        return float(losses)
+    except Exception:  # noqa: BLE001 - only a diagnosis of a failure already being recorded
+        return None
 
 
 def _peak_memory(device: torch.device) -> tuple[int, str]:
@@ -273,11 +335,12 @@ def train_run(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        _train(spec, device, checkpoint_dir, progress, result)
+        _train(spec, device, checkpoint_dir, progress, result, started)
     except Exception as error:  # noqa: BLE001 - a failing run is recorded, the suite goes on
         result.status, result.stop_reason = "failed", "error"
         result.error = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=8)}"
     result.wall_seconds = time.perf_counter() - started
+    result.ended_ms = now_ms()
     result.peak_memory_bytes, result.memory_measure = _peak_memory(device)
     return result
 
@@ -288,6 +351,7 @@ def _train(
     checkpoint_dir: Path | None,
     progress: ProgressCallback | None,
     result: RunResult,
+    started: float,
 ) -> None:
     training = TrainingConfig.model_validate(spec.training)
     dataset, splits = load_dataset(spec.dataset, spec.dataset_params)
@@ -315,28 +379,54 @@ def _train(
 
         best_val_hv, best_state, best_step = -math.inf, None, 0
         last_evaluation: tuple[list[SolutionResult], float] | None = None
-        step, stop_reason = 0, "max_steps"
+        step, stop_reason, exhausted_message, diverged_reason = 0, "max_steps", "", ""
+        watch = DivergenceWatch(training.divergence)
         batch = first
         loop_started = time.perf_counter()
+        reported = 0  # metric points already handed to ``progress``
+
+        def report() -> None:
+            nonlocal reported
+            if progress:
+                fraction = max(budget.fraction_spent, step / training.max_steps)
+                new_points = tuple(result.metric_points[reported:])
+                reported = len(result.metric_points)
+                elapsed = time.perf_counter() - loop_started
+                progress(RunProgress(step, min(fraction, 1.0), elapsed, new_points))
+
         while step < training.max_steps:
             try:
                 log = method.step(batch, engine)
             except BudgetExhausted as exhausted:
-                stop_reason = exhausted.stop_reason
+                stop_reason, exhausted_message = exhausted.stop_reason, str(exhausted)
+                break
+            except Exception as error:  # a failure on a blown-up state is its divergence
+                with budget.uncharged():
+                    reason = watch.explains_failure(_mean_loss_now(method, taskset, batch), error)
+                if reason is None:
+                    raise
+                stop_reason, diverged_reason = "diverged", reason
                 break
             step += 1
+            if step == 1:
+                watch.set_initial(mean_task_loss(_log_row(step, log, taskset.names, budget)))
             if step % training.log_every == 0:
                 row = _log_row(step, log, taskset.names, budget)
                 result.history.append(row)
-                if _is_diverged(row):
-                    stop_reason = "diverged"
+                result.metric_points += _row_points(row)
+                reason = watch.observe(step, row, _trained_tensors(method))
+                if reason is not None:
+                    stop_reason, diverged_reason = "diverged", reason
                     break
-                if progress:
-                    progress(budget.fraction_spent, step)
+                report()
             if step % training.eval_every == 0:
                 last_evaluation = _evaluate_point(
                     method, taskset, splits, device, budget, step, result
                 )
+                result.metric_points += _evaluation_points(
+                    result.evaluations[-1], time.perf_counter() - started
+                )
+                report()
                 val_hv = last_evaluation[1]
                 if spec.scoring == "best_val" and val_hv > best_val_hv:
                     best_val_hv, best_step = val_hv, step
@@ -350,18 +440,28 @@ def _train(
             batch = next(batches)
         result.train_seconds = time.perf_counter() - loop_started - result.evaluation_seconds
         result.engine_stats = engine.report()
+        result.engine_stats.update({f"method.{k}": v for k, v in method.report().items()})
     finally:
         engine.close()
     result.steps, result.stop_reason = step, stop_reason
     result.budget = budget.summary()
     if stop_reason == "diverged":
-        result.status = "diverged"
-        result.error = f"non-finite task loss at step {step}"
+        result.status, result.error = "diverged", diverged_reason
+        report()
+        return
+    if step == 0:  # nothing trained: scoring the initial model would pass it off as a result
+        result.error = (
+            f"the budget ({spec.budget_limit:g} {spec.budget_kind}) is smaller than one "
+            f"step: {exhausted_message or stop_reason}"
+        )
         return
     result.scored_step = step
     if last_evaluation is None or result.evaluations[-1]["step"] != step:
         last_evaluation = _evaluate_point(
             method, taskset, splits, device, budget, step, result, result.budget
+        )
+        result.metric_points += _evaluation_points(
+            result.evaluations[-1], time.perf_counter() - started
         )
     solutions, final_val_hv = last_evaluation  # the final state, evaluated once
     if spec.scoring == "best_val" and best_state is not None and best_val_hv > final_val_hv:
@@ -376,8 +476,7 @@ def _train(
     result.solutions = solutions
     result.hypervolume = front_hypervolume(objectives, result.hv_reference)
     result.status = "completed"
-    if progress:
-        progress(1.0, step)
+    report()
 
 
 def _timed_evaluation(

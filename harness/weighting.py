@@ -31,6 +31,7 @@ from abc import abstractmethod
 from typing import Any, ClassVar
 
 import torch
+from mtlbench.harness.divergence import NonFiniteGradients
 from mtlbench.harness.gradients import Batch, GradientEngine, StepState
 from mtlbench.harness.method import Method, ParamsT, StepLog
 from torch import Tensor
@@ -93,6 +94,8 @@ class GramWeighting(Method[ParamsT]):
         self.optimizer.zero_grad(set_to_none=True)
         state = engine.forward(batch)
         gram = self.task_gram(state, engine)
+        if not bool(torch.isfinite(gram).all()):  # no solver is asked to weigh inf/NaN gradients
+            raise NonFiniteGradients("non-finite task gradients: their Gram holds inf or NaN")
         task_losses = state.task_losses.detach()
         weights = self.weights(gram.detach(), task_losses).to(task_losses)
         self.apply(state, engine, weights, self.head_weights(weights).to(task_losses))

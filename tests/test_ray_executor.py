@@ -1,6 +1,6 @@
 """Executor ``ray``: runs as Ray tasks, records written by the driver alone, failures recorded.
 
-One local Ray (``ray.init(num_cpus=2)``) for the module, shut down at its end; its workers import
+One local Ray (``start_local(num_cpus=2)``, loopback only) for the module, shut down at its end; its workers import
 ``tests/_test_methods.py`` at start-up (a ``worker_process_setup_hook``) so they know the
 test-only methods that raise, diverge or kill their worker.
 """
@@ -22,6 +22,7 @@ import ray
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from mtlbench.cluster._ray_setup import start_local
 from mtlbench.harness.cli import app
 from mtlbench.harness.config import parse_suite
 from mtlbench.harness.suite import expand_suite
@@ -36,9 +37,8 @@ EXECUTOR = {"kind": "ray", "cpus_per_run": 1, "max_concurrent_runs": 2}
 
 @pytest.fixture(scope="module")
 def ray_address():
-    context = ray.init(
+    context = start_local(
         num_cpus=2,
-        include_dashboard=False,
         runtime_env={
             "env_vars": {"PYTHONPATH": str(TESTS)},
             "worker_process_setup_hook": "_test_methods.register",
@@ -56,14 +56,17 @@ def _children(results: Path, suite: str):
 
 
 def _first_recorded_next_running(results: Path, suite: str) -> bool:
-    """A run is in Parquet and finished in MLflow, and the next one is RUNNING (in flight)."""
+    """A run is in Parquet and finished in MLflow, and the next one is RUNNING (in flight) with
+    training metrics already in MLflow (sent by its worker through the driver while it trains)."""
     if not list((results / "runs").glob("*.parquet")) or not (results / "mlflow.db").exists():
         return False
     client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
     if client.get_experiment_by_name(suite) is None:
         return False
-    statuses = [r.info.status for r in _children(results, suite)]
-    return "FINISHED" in statuses and "RUNNING" in statuses
+    children = _children(results, suite)
+    running = [r for r in children if r.info.status == "RUNNING"]
+    live = any("train.budget_fraction_spent" in r.data.metrics for r in running)
+    return any(r.info.status == "FINISHED" for r in children) and live
 
 
 def test_failures_are_recorded_and_the_suite_goes_on(ray_address, tmp_path: Path) -> None:
@@ -112,7 +115,9 @@ def test_failures_are_recorded_and_the_suite_goes_on(ray_address, tmp_path: Path
     assert (
         rows["test_nan"]["status"] == "diverged" and rows["test_nan"]["stop_reason"] == "diverged"
     )
-    assert "non-finite task loss" in rows["test_nan"]["error"]
+    # NaN weights at step 2 make the parameters NaN by the end of that step (its loss, computed
+    # before the update, is still finite)
+    assert rows["test_nan"]["error"] == "non-finite parameters at step 2"
     assert rows["test_kills_worker"]["status"] == "failed"
     assert "WorkerCrashedError" in rows["test_kills_worker"]["error"]
 
@@ -181,6 +186,10 @@ def test_driver_killed_mid_suite_rerun_completes_only_missing(ray_address, tmp_p
     assert 1 <= recorded_before < 3
     running = [r for r in _children(results, "interrupted") if r.info.status == "RUNNING"]
     assert len(running) == 1, "the killed driver should leave the run in flight RUNNING"
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    live = client.get_metric_history(running[0].info.run_id, "train.budget_fraction_spent")
+    steps = [m.step for m in live]
+    assert steps and len(steps) == len(set(steps)) and max(steps) < 8  # logged mid-run, once
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert rerun.returncode == 0, rerun.stderr
@@ -197,6 +206,9 @@ def test_driver_killed_mid_suite_rerun_completes_only_missing(ray_address, tmp_p
     assert statuses.count("KILLED") == len(running) and statuses.count("FINISHED") == 3
     recorded_ids = {r["mlflow_run_id"] for r in rows}
     assert recorded_ids == {r.info.run_id for r in children if r.info.status == "FINISHED"}
+    for run_id in recorded_ids:  # live points and the final record together: no pair twice
+        history = client.get_metric_history(run_id, "train.budget_fraction_spent")
+        assert sorted(m.step for m in history) == list(range(1, 9))
 
 
 def test_wait_for_nodes_sees_the_live_head(ray_address) -> None:
