@@ -2,7 +2,7 @@
 
 What is measured: the wall-clock time of one exact-MGDA step (forward, per-task Jacobian, Gram
 T×T, min-norm weights, Σ aₜgₜ, heads backward, SGD step) driven through the engine API, as
-``tests/test_ray_sharded.py`` drives it, on a local Ray of 2 CPUs (``ray.init(num_cpus=2)``, an
+``tests/test_ray_sharded.py`` drives it, on a local Ray of 2 CPUs (``start_local(num_cpus=2)``, an
 object store of ``--object-store-mb``, see "Object store" below):
 
 - ``ray_sharded`` on 2 workers, one torch thread each, in the variants of ``--variants``:
@@ -151,11 +151,10 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before Ray starts (token-auth warning)
-
 import ray
 import torch
 from _timing import seconds_per_call
+from mtlbench.cluster._ray_setup import start_local
 from mtlbench.datasets._models import MLPEncoder
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.gradients import (
@@ -721,12 +720,7 @@ def main() -> None:
     # workers spinning after each parallel region) would steal cycles from them.
     torch.set_num_threads(1)
     store = args.object_store_mb * 2**20 or None
-    ray.init(
-        num_cpus=RAY_CPUS,
-        include_dashboard=False,
-        logging_level="WARNING",
-        object_store_memory=store,
-    )
+    start_local(num_cpus=RAY_CPUS, logging_level="WARNING", object_store_memory=store)
     try:
         taskset = make_taskset(args.tasks)
         initial = build_model(args.inputs, args.hidden, args.width, args.tasks)

@@ -6,15 +6,47 @@ line on stderr naming the field or file and the problem, and exit code 2.
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from mtlbench.harness.config import ConfigError, load_suite
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+try:  # recent typer ships its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
+# `mtlbench` alone shows the help (click >= 8.2 signals it with this usage error)
+_NO_ARGS: tuple[type[Exception], ...] = tuple(
+    getattr(click_errors, name) for name in ("NoArgsIsHelpError",) if hasattr(click_errors, name)
+)
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Typer's command group, except that a usage error (unknown command or option, a value of
+    the wrong type, a missing argument) is one line, ``mtlbench: error: ...``, and exit code 2,
+    like every other user error, instead of Typer's multi-line usage panel."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            outcome = super().main(*args, standalone_mode=False, **kwargs)
+        except _NO_ARGS as error:
+            error.show()  # type: ignore[attr-defined]
+            sys.exit(error.exit_code)  # type: ignore[attr-defined]
+        except click_errors.UsageError as error:
+            message = " ".join(error.format_message().split())
+            typer.echo(f"mtlbench: error: {message}", err=True)
+            sys.exit(2)
+        sys.exit(outcome if isinstance(outcome, int) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, cls=_OneLineErrors)
 console = Console(stderr=True)
 USER_ERRORS = (ConfigError,)
 
@@ -35,20 +67,45 @@ def run(
     address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)"),
     leaderboard: bool = typer.Option(True, help="rebuild the leaderboard afterwards"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    report_every: float = typer.Option(
+        60.0,
+        metavar="SECONDS",
+        help="without progress bars (--no-progress or no terminal): one progress line this often",
+    ),
 ) -> None:
-    """Run every (method, dataset, seed) of SUITE not already recorded."""
+    """Run every (method, dataset, seed) of SUITE not already recorded.
+
+    The suite is checked whole before any run starts (its fields, then what it asks of this
+    machine: a CUDA device, a FLOP budget that pays for one training step). Ctrl-C marks the
+    open runs KILLED, says what finished, and exits with code 130.
+    """
     from mtlbench.harness.dataset import DatasetFileError
     from mtlbench.harness.leaderboard import build_leaderboard
+    from mtlbench.harness.preflight import preflight
     from mtlbench.harness.runner import run_suite
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
+        if executor is not None and executor not in ("local", "ray"):
+            raise ConfigError(f"--executor: expected local or ray, got {executor!r}")
+        if not report_every > 0 or report_every == float("inf"):
+            raise ConfigError(
+                f"--report-every: expected a positive number of seconds, got {report_every:g}"
+            )
         suite = load_suite(suite_path)
         if address:
             suite = suite.model_copy(
                 update={"executor": suite.executor.model_copy(update={"address": address})}
             )
-        summary = run_suite(suite, results_dir, tracking_uri, executor, console, progress)
+        preflight(suite, executor, source=str(suite_path))
+        summary = run_suite(
+            suite,
+            results_dir,
+            tracking_uri,
+            executor,
+            console,
+            progress,
+            report_seconds=report_every,
+        )
         failures = [r for r in summary.recorded if r.status == "failed"]
         if failures and len(failures) == len(summary.recorded):
             first = failures[0].error.splitlines()[0] if failures[0].error else "failed"
@@ -62,6 +119,9 @@ def run(
         console.print(f"done: {counts}; {summary.skipped} skipped (already recorded)")
     except (ConfigError, DatasetFileError) as error:
         _fail(str(error))
+    except KeyboardInterrupt:
+        # run_suite has marked its open runs KILLED and printed what finished; 128 + SIGINT
+        raise typer.Exit(code=130) from None
 
 
 @app.command()
@@ -93,7 +153,6 @@ def submit(
     from mtlbench.cluster.submit import SubmitError, build_submission
     from mtlbench.cluster.submit import submit as send
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         job = build_submission(
             suite_path, address, results_dir, tracking_uri, working_dir, ship_code

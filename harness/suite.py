@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mtlbench.harness.config import SuiteConfig
+from mtlbench.harness.method import TrainingConfig
 from mtlbench.harness.registry import DATASETS, METHODS
 
 
@@ -38,12 +39,25 @@ class RunSpec:
     @property
     def run_hash(self) -> str:
         identity = {k: v for k, v in asdict(self).items() if k != "suite"}
+        identity["training"] = _hashed_training(self.training)
         text = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def title(self) -> str:
         return f"{self.method_label}/{self.dataset}/seed={self.seed}"
+
+
+def _hashed_training(training: dict[str, Any]) -> dict[str, Any]:
+    """The training settings as hashed: a setting added after runs were recorded (the divergence
+    rule) is left out while it has its default, so those runs keep their hash and are not redone."""
+    hashed = dict(training)
+    if hashed.get("divergence") == _DEFAULT_DIVERGENCE:
+        del hashed["divergence"]
+    return hashed
+
+
+_DEFAULT_DIVERGENCE = TrainingConfig().model_dump(mode="json")["divergence"]
 
 
 def expand_suite(suite: SuiteConfig) -> list[RunSpec]:

@@ -1,9 +1,11 @@
 """Cluster recipes and ``mtlbench submit``: checked against Ray's own schema and CLI definitions.
 
 - the ``ray up`` YAML passes Ray's autoscaler schema (after Ray fills its defaults) and has GPU
-  workers, a head that runs no work, and the project mounted and installed;
+  workers, a head that runs no work, and the project mounted and installed; every ``ray start``
+  runs with token authentication and every node gets the token file;
 - the SLURM script is valid bash; its dry run prints one head and one worker ``ray start`` per
   node and the suite command, every flag of which the real ``ray start`` / ``mtlbench run`` know;
+  it makes a private token for the job and refuses to start Ray without token authentication;
 - ``mtlbench submit --dry-run`` builds a ``ray job submit`` whose flags Ray's CLI knows, and the
   code it ships as ``py_modules`` imports as ``mtlbench`` ahead of the installed copy.
 """
@@ -52,7 +54,7 @@ def test_ray_up_yaml_passes_rays_schema_and_has_gpu_workers() -> None:
     gpu_types = [t for t in types.values() if t["resources"].get("GPU", 0) >= 1]
     assert gpu_types and all(t["max_workers"] >= 1 for t in gpu_types)
     assert config["docker"]["image"].startswith(f"rayproject/ray:{ray.__version__}-")
-    assert config["file_mounts"] == {"~/mtlbench": "."}
+    assert config["file_mounts"] == {"~/mtlbench": ".", "~/.ray/auth_token": "~/.ray/auth_token"}
     assert any("pip install" in c and "-e ~/mtlbench" in c for c in config["setup_commands"])
     from ray.scripts.scripts import start
 
@@ -65,6 +67,10 @@ def test_ray_up_yaml_passes_rays_schema_and_has_gpu_workers() -> None:
     assert len(segments) == 2
     for tokens in segments:
         assert _used_flags(tokens[tokens.index("start") + 1 :]) <= _flags(start), tokens
+    for command in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+        if "ray start" in command:
+            before_start = command[: command.index("ray start")]
+            assert "export RAY_AUTH_MODE=token;" in before_start, command
 
 
 def test_slurm_script_dry_run_prints_valid_commands() -> None:
@@ -75,6 +81,8 @@ def test_slurm_script_dry_run_prints_valid_commands() -> None:
     assert "#SBATCH --gpus-per-node=" in script.read_text()
     env = {
         "PATH": "/usr/bin:/bin",
+        "HOME": "/home/someone",
+        "SLURM_JOB_ID": "4242",
         "DRY_RUN": "1",
         "NODES": "gpu01,gpu02 gpu03",
         "SLURM_CPUS_PER_TASK": "16",
@@ -107,6 +115,30 @@ def test_slurm_script_dry_run_prints_valid_commands() -> None:
     assert suite[suite.index("--address") + 1] == "gpu01:6379"
     assert suite[suite.index("--executor") + 1] == "ray"
     assert suite[suite.index("--results-dir") + 1] == "/shared/results"
+    token_file = "/home/someone/.ray/mtlbench-4242.token"
+    first_start = next(i for i, line in enumerate(out) if " ray start " in line)
+    assert out.index(f"make_token {token_file}") < first_start
+    assert f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token_file}" in out[:first_start]
+
+
+def test_slurm_script_makes_a_private_token_and_refuses_ray_without_auth(tmp_path: Path) -> None:
+    script = (RECIPES / "slurm-ray.sbatch").read_text()
+    maker = script[
+        script.index("make_token() {") : script.index("}", script.index("make_token() {")) + 1
+    ]
+    token_file = tmp_path / "ray" / "job.token"
+    subprocess.run(["bash", "-c", f'{maker}\nmake_token "$1"', "-", str(token_file)], check=True)
+    token = token_file.read_text()
+    assert len(token) == 64 and int(token, 16) >= 0  # 256 bits as hex, as Ray's own tokens
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    refused = subprocess.run(
+        ["bash", str(RECIPES / "slurm-ray.sbatch"), "suites/quickstart.yaml"],
+        env={"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "NODES": "a", "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "ray start" not in refused.stdout
+    assert "needs token authentication" in refused.stderr
 
 
 def test_submit_dry_run_builds_a_ray_job_submit_that_ray_accepts() -> None:

@@ -113,3 +113,20 @@ def test_registries_list_builtins_and_reject_unknown() -> None:
         METHODS.get("x")
     with pytest.raises(ValueError, match="registered twice"):
         METHODS.register("ew")(object)
+
+
+def test_yaml_merge_keys_may_be_overridden_but_plain_keys_not_twice(tmp_path: Path) -> None:
+    """Only a key written twice is refused; overriding a key taken from a ``<<`` merge is YAML."""
+    from mtlbench.harness.config import read_yaml
+
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &b {lr: 0.1, batch_size: 8}\ntraining:\n  <<: *b\n  lr: 0.01\n")
+    assert read_yaml(merged)["training"] == {"lr": 0.01, "batch_size": 8}
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("training:\n  lr: 0.1\n  batch_size: 8\n  lr: 0.01\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"twice.yaml: malformed YAML at line 4, column 3: "
+        r"key 'lr' is given twice \(first at line 2\)",
+    ):
+        read_yaml(twice)

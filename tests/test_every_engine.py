@@ -107,8 +107,9 @@ def _reference(name: str) -> tuple[list[torch.Tensor], Budget]:
 @pytest.fixture(scope="module")
 def local_ray():
     import ray
+    from mtlbench.cluster._ray_setup import start_local
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    start_local(num_cpus=2)
     yield
     ray.shutdown()
 

@@ -4,7 +4,7 @@ The actors compute their rows with the ``batched`` engine's VJPs: one per-task h
 heads have ``forward_per_task`` (LeNet, the stacked MLP heads), batched heads VJPs when dropout in
 the heads forbids a rerun; both are checked against ``loop`` and charged as made.
 
-Two actors on a local Ray (``ray.init(num_cpus=2)``) that this module starts and shuts down.
+Two actors on a local Ray (``start_local(num_cpus=2)``, loopback only) that this module starts and shuts down.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import ray
 import torch
 from _problems import tiny_batches, tiny_model, tiny_taskset
 from mlflow.tracking import MlflowClient
+from mtlbench.cluster._ray_setup import start_local
 from mtlbench.cluster.node_shared import SHM_DIR
 from mtlbench.datasets._models import multi_lenet
 from mtlbench.harness.budget import Budget
@@ -37,7 +38,7 @@ STEPS = 4
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
+    start_local(num_cpus=2)
     yield
     ray.shutdown()
 
