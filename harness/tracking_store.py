@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
 import sqlite3
 import ssl
@@ -43,6 +44,8 @@ def open_tracking_client(tracking_uri: str, results_dir: Path) -> MlflowClient:
     a SQLite store elsewhere is locked next to its own file. Raises
     :class:`TrackingStoreError` for a damaged, foreign or other-version SQLite file, a lock
     held too long, and a server URI where no MLflow server answers."""
+    for noisy in ("mlflow", "alembic"):  # schema-migration chatter on a new SQLite store
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     database = sqlite_path(tracking_uri)
     if database is not None:
         return _open_sqlite(tracking_uri, database)
