@@ -14,6 +14,7 @@ import typer
 from mtlbench.harness.config import ConfigError, load_suite
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 try:  # recent typer ships its own copy of click
     from typer._click import exceptions as click_errors
@@ -134,7 +135,8 @@ def submit(
         help="Ray job server (dashboard) address, e.g. http://head:8265 (default: RAY_ADDRESS)",
     ),
     results_dir: str | None = typer.Option(
-        None, help="results folder on the head node [default: $HOME/mtlbench-results]"
+        None,
+        help="results folder, on storage every node sees (e.g. /mnt/efs/mtlbench-results with the ray-up recipe) so a retried run finds its checkpoints [default: $HOME/mtlbench-results]",
     ),
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI the job writes to"),
     working_dir: Path | None = typer.Option(
@@ -224,6 +226,42 @@ def scale(
         f"table: {outcome.table}; {outcome.measured} points measured, {outcome.reused} reused"
     )
     typer.echo(str(page))
+
+
+@app.command()
+def status(
+    suite_path: Path = typer.Argument(..., metavar="SUITE", help="suite YAML file"),
+    results_dir: Path | None = typer.Option(None, help="override output.results_dir"),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow store to look for running runs: sqlite:///FILE or a server URL"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print the status as JSON (for scripts)"),
+) -> None:
+    """List each run of SUITE: done, running, resumable at step k of about n, failed, or not
+    started. Reads the run table, the checkpoints and the MLflow store; changes nothing."""
+    import json
+
+    from mtlbench.harness.status import suite_status
+
+    try:
+        report = suite_status(load_suite(suite_path), results_dir, tracking_uri)
+    except ConfigError as error:
+        _fail(str(error))
+    for warning in report.warnings:
+        typer.echo(f"mtlbench: warning: {warning}", err=True)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        return
+    colours = {"done": "green", "running": "cyan", "resumable": "yellow", "failed": "red"}
+    table = Table(title=f"suite {report.suite} ({report.results_dir})")
+    for column in ("method", "dataset", "seed", "state", "detail"):
+        table.add_column(column, no_wrap=column != "detail")
+    for run in report.runs:  # Text: a label or an error with [brackets] is not markup
+        state = Text(run.state, style=colours.get(run.state, ""))
+        table.add_row(Text(run.method_label), run.dataset, str(run.seed), state, Text(run.detail))
+    out = Console()
+    out.print(table)
+    out.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -6,6 +6,10 @@
 - the SLURM script is valid bash; its dry run prints one head and one worker ``ray start`` per
   node and the suite command, every flag of which the real ``ray start`` / ``mtlbench run`` know;
   it makes a private token for the job and refuses to start Ray without token authentication;
+- both put the results folder (checkpoints a retried run resumes from) on storage every node
+  sees: an EFS (NFS) mount at the same path on every node and in every container for ``ray up``;
+  for SLURM a folder under the submit directory by default, checked from every node before Ray
+  starts; their header comments say so;
 - ``mtlbench submit --dry-run`` builds a ``ray job submit`` whose flags Ray's CLI knows, and the
   code it ships as ``py_modules`` imports as ``mtlbench`` ahead of the installed copy.
 """
@@ -18,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import ray
 import typer
 import yaml
@@ -40,7 +45,7 @@ def _used_flags(tokens: list[str]) -> set[str]:
     return {token.split("=", 1)[0] for token in tokens if token.startswith("-")}
 
 
-RUN_FLAGS = _flags(typer.main.get_command(app).commands["run"])
+RUN_FLAGS = _flags(typer.main.get_group(app).commands["run"])
 
 
 def test_ray_up_yaml_passes_rays_schema_and_has_gpu_workers() -> None:
@@ -117,8 +122,114 @@ def test_slurm_script_dry_run_prints_valid_commands() -> None:
     assert suite[suite.index("--results-dir") + 1] == "/shared/results"
     token_file = "/home/someone/.ray/mtlbench-4242.token"
     first_start = next(i for i, line in enumerate(out) if " ray start " in line)
+    assert "check_shared /shared/results" in out[:first_start]
     assert out.index(f"make_token {token_file}") < first_start
     assert f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token_file}" in out[:first_start]
+
+
+def _header(path: Path) -> str:
+    """The leading comment block of a recipe, ``#`` marks and line continuations removed."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#!").removeprefix(" "))
+    return "\n".join(lines).replace("\\\n", " ")
+
+
+def test_ray_up_yaml_puts_the_results_folder_on_storage_every_node_sees() -> None:
+    recipe = RECIPES / "ray-cluster-gpu.yaml"
+    config = yaml.safe_load(recipe.read_text())
+    assert all("initialization_commands" not in t for t in config["available_node_types"].values())
+    mounts = [
+        shlex.split(segment)
+        for command in config["initialization_commands"]
+        for segment in command.split(";")
+        if "mount -t nfs4" in segment
+    ]
+    assert len(mounts) == 1
+    mount = mounts[0]
+    options = mount[mount.index("-o") + 1].split(",")
+    assert "nfsvers=4.1" in options and "hard" in options  # EFS's recommended client options
+    server, mount_point = mount[-2:]
+    assert server.endswith(".amazonaws.com:/") and mount_point.startswith("/")
+    assert f"--volume={mount_point}:{mount_point}" in config["docker"]["run_options"]
+
+    header = _header(recipe)
+    assert "Shared results folder" in header and mount_point in header
+    [submit_line] = [line for line in header.splitlines() if " mtlbench submit " in line]
+    submit = shlex.split(submit_line)[1:]  # after RAY_AUTH_MODE=token
+    assert _used_flags(submit) <= _flags(typer.main.get_group(app).commands["submit"])
+    results_dir = Path(submit[submit.index("--results-dir") + 1])
+    assert results_dir.is_relative_to(mount_point) and results_dir != Path(mount_point)
+
+
+def test_slurm_script_results_default_to_the_submit_dir_and_say_so() -> None:
+    script = RECIPES / "slurm-ray.sbatch"
+    out = subprocess.run(
+        ["bash", str(script), "suites/quickstart.yaml"],
+        env={"PATH": "/usr/bin:/bin", "HOME": "/h", "DRY_RUN": "1", "NODES": "a b"},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert "check_shared /results" in out  # no SLURM_SUBMIT_DIR: the folder it was run from
+    out = subprocess.run(
+        ["bash", str(script), "suites/quickstart.yaml"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": "/h",
+            "DRY_RUN": "1",
+            "NODES": "a b",
+            "SLURM_SUBMIT_DIR": "/project/me",
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    first_start = next(i for i, line in enumerate(out) if " ray start " in line)
+    assert "check_shared /project/me/results" in out[:first_start]
+    suite = shlex.split(out[-1])
+    assert suite[suite.index("--results-dir") + 1] == "/project/me/results"
+    header = _header(script)
+    assert "Shared results folder" in header and "$SLURM_SUBMIT_DIR" in header
+    assert "shared scratch" in header and "node-local" in header
+
+
+@pytest.mark.parametrize(
+    ("srun", "folder", "code", "message"),
+    [
+        ('srun() { while [[ $1 == -* ]]; do shift; done; "$@"; }', "shared", 0, ""),
+        (
+            "srun() { return 1; }",  # a node does not see the probe
+            "shared",
+            2,
+            " is not seen by every node; put it on shared storage",
+        ),
+        ("srun() { :; }", "file/below", 2, ": cannot write there"),
+    ],
+)
+def test_slurm_check_shared(tmp_path: Path, srun: str, folder: str, code: int, message: str):
+    """``check_shared``: the probe written in the folder must be found by a task on every node
+    (``srun`` here runs on this machine, or fails as a node without the folder would)."""
+    script = (RECIPES / "slurm-ray.sbatch").read_text()
+    start = script.index("check_shared() {")
+    function = script[start : script.index("\n}\n", start) + 3]
+    (tmp_path / "file").write_text("a file, not a folder")
+    target = tmp_path / folder
+    checked = subprocess.run(
+        ["bash", "-c", f'{srun}\n{function}\nHOSTS=(a b)\ncheck_shared "$1"', "-", str(target)],
+        env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "7"},
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == code, checked.stderr
+    if code:
+        assert checked.stderr == f"slurm-ray.sbatch: RESULTS_DIR={target}{message}\n"
+    assert target.is_dir() == (folder == "shared")
+    if target.is_dir():
+        assert list(target.iterdir()) == []  # the probe is removed, whatever the outcome
 
 
 def test_slurm_script_makes_a_private_token_and_refuses_ray_without_auth(tmp_path: Path) -> None:
