@@ -7,12 +7,14 @@
 written on the workers except checkpoints: the driver (``run_suite``) writes the Parquet rows and
 the MLflow run, so a SQLite store has one writer.
 
-A task that dies with its worker (killed, out of memory, node lost) comes back as a ``failed``
-result carrying Ray's error, and the suite goes on; Ray does not retry it (``max_retries=0``)
-because a rerun of the suite retries failed runs anyway, and a run that kills its worker would
-otherwise be tried again and again. Checkpoints are written under ``results_dir/checkpoints`` as
-the worker sees that path: on a multi-node cluster, put ``results_dir`` on a shared filesystem to
-keep them.
+A task whose worker dies (killed, out of memory, node lost or preempted) is retried by Ray up to
+``executor.max_retries`` times (default :data:`DEFAULT_MAX_RETRIES`; an exception raised by the
+run itself is never retried: the run records it as ``failed``), and the retry resumes from the
+run's last checkpoint under ``results_dir/checkpoints`` (``harness.checkpoints``), continuing the
+same MLflow run. After the last retry the run comes back as a ``failed`` result carrying Ray's
+error, and the suite goes on. Checkpoints are written to that path as the worker sees it: on a
+multi-node cluster, ``results_dir`` must be on storage every node sees (a shared filesystem), or
+a retry on another node starts from step 0.
 
 Progress while runs train: each worker puts its run's :class:`RunProgress` reports (merged, at
 most one every ``FORWARD_SECONDS``) on a Ray queue (``ray.util.queue.Queue``, an actor owned by
@@ -40,7 +42,8 @@ from mtlbench.harness.suite import RunSpec
 from mtlbench.harness.trainer import ProgressCallback, RunResult, environment, train_run
 from ray.util.queue import Queue
 
-RunFunction = Callable[[RunSpec, Path | None, ProgressCallback | None], RunResult]
+RunFunction = Callable[[RunSpec, Path | None, ProgressCallback | None, str], RunResult]
+DEFAULT_MAX_RETRIES = 2  # retries of a run whose worker died, unless executor.max_retries says
 FORWARD_SECONDS = 1.0  # least time between two reports a worker sends to the driver
 WAIT_SECONDS = 0.5  # the driver looks at the progress queue at least this often
 
@@ -69,13 +72,18 @@ class _Forwarder:
 
 
 def _run_on_worker(
-    spec: RunSpec, checkpoint_dir: str | None, threads: int, run: RunFunction, queue: Queue
+    spec: RunSpec,
+    checkpoint_dir: str | None,
+    threads: int,
+    run: RunFunction,
+    queue: Queue,
+    mlflow_run_id: str = "",
 ) -> RunResult:
-    """The body of one Ray task: train and score ``spec`` on this worker, reporting to
-    ``queue``."""
+    """The body of one Ray task: train and score ``spec`` on this worker (from its checkpoint
+    if it has one), reporting to ``queue``."""
     torch.set_num_threads(threads)
     path = Path(checkpoint_dir) if checkpoint_dir else None
-    return run(spec, path, _Forwarder(queue, spec.run_hash))
+    return run(spec, path, _Forwarder(queue, spec.run_hash), mlflow_run_id)
 
 
 def failed_result(spec: RunSpec, error: BaseException) -> RunResult:
@@ -101,8 +109,9 @@ def ray_executor(config: ExecutorConfig, run: RunFunction = train_run) -> Execut
         specs: list[RunSpec], monitor: RunMonitor, results_dir: Path
     ) -> Generator[RunResult, None, None]:
         started_here = connect(config.address)
+        retries = getattr(config, "max_retries", DEFAULT_MAX_RETRIES)
         task = ray.remote(_run_on_worker).options(
-            num_cpus=config.cpus_per_run, num_gpus=config.gpus_per_run, max_retries=0
+            num_cpus=config.cpus_per_run, num_gpus=config.gpus_per_run, max_retries=retries
         )
         threads = max(1, int(config.cpus_per_run))
         checkpoints = (Path(results_dir) / "checkpoints").resolve()
@@ -119,9 +128,10 @@ def ray_executor(config: ExecutorConfig, run: RunFunction = train_run) -> Execut
             while waiting or pending:
                 while waiting and len(pending) < config.max_concurrent_runs:
                     spec = waiting.pop(0)
-                    monitor.started(spec)
+                    mlflow_run_id = monitor.started(spec) or ""
                     checkpoint_dir = str(checkpoints / spec.run_hash)
-                    pending[task.remote(spec, checkpoint_dir, threads, run, reports)] = spec
+                    ref = task.remote(spec, checkpoint_dir, threads, run, reports, mlflow_run_id)
+                    pending[ref] = spec
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
                 forward_reports()  # before a result, so no report arrives after its record
                 for ref in done:

@@ -86,6 +86,22 @@ class Budget:
     def fraction_spent(self) -> float:
         return min(self.spent / self.limit, 1.0)
 
+    def state_dict(self) -> dict[str, object]:
+        """The spend, for a checkpoint: FLOPs (total, per pass kind), passes, clock seconds."""
+        return {
+            "spent_flops": self.spent_flops,
+            "flops_by_pass": dict(self.flops_by_pass),
+            "passes_by_kind": dict(self.passes_by_kind),
+            "elapsed_seconds": self.elapsed_seconds,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the spend of :meth:`state_dict` (a seconds budget's clock included)."""
+        self.spent_flops = float(state["spent_flops"])
+        self.flops_by_pass = defaultdict(float, state["flops_by_pass"])
+        self.passes_by_kind = defaultdict(int, state["passes_by_kind"])
+        self.started_at = time.perf_counter() - float(state["elapsed_seconds"])
+
     def summary(self) -> dict[str, float]:
         """Flat record of the spend: totals and FLOPs per pass kind."""
         record = {

@@ -61,7 +61,9 @@ class TrainingConfig(BaseModel):
     max_steps: hard cap on steps (the budget normally ends training first).
     log_every: steps between recorded training metrics (and divergence checks).
     eval_every: steps between validation evaluations (used by ``scoring: best_val``).
-    checkpoint_every: steps between checkpoints on disk (0 = none).
+    checkpoint_every: steps between checkpoints on disk; 0 (the default): one every 10 minutes
+    of wall time (``harness.checkpoints.DEFAULT_CHECKPOINT_SECONDS``), and one when training
+    ends. A run that finds its checkpoint continues from it (``harness.checkpoints``).
     divergence: the rule that ends a run as ``diverged`` (:class:`DivergenceRule`).
     """
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtlbench.harness.checkpoints import checkpoint_sidecars
 from mtlbench.harness.config import ConfigError, SuiteConfig
 from mtlbench.harness.progress import RunProgress, SuiteProgress
 from mtlbench.harness.records import EvaluationRecord, RunRecord, to_row
@@ -40,11 +41,13 @@ from rich.console import Console
 class RunMonitor:
     """What an executor tells the driver about runs in flight (the driver's callbacks).
 
-    started(spec): the run is about to start; progressed(spec, report): a report of a run in
-    flight (called on the driver's thread; late reports of a recorded run are ignored).
+    started(spec): the run is about to start; returns the id of the MLflow run recording it (the
+    one its checkpoints name, if it resumes), which the executor hands to ``train_run``.
+    progressed(spec, report): a report of a run in flight (called on the driver's thread; late
+    reports of a recorded run are ignored).
     """
 
-    started: Callable[[RunSpec], None]
+    started: Callable[[RunSpec], str | None]
     progressed: Callable[[RunSpec, RunProgress], None]
 
 
@@ -82,12 +85,23 @@ def execute_local(
 ) -> Generator[RunResult, None, None]:
     """Run each spec in this process, one after another; reports go straight to ``monitor``."""
     for spec in specs:
-        monitor.started(spec)
+        mlflow_run_id = monitor.started(spec) or ""
 
         def report(update: RunProgress, spec: RunSpec = spec) -> None:
             monitor.progressed(spec, update)
 
-        yield train_run(spec, results_dir / "checkpoints" / spec.run_hash, report)
+        yield train_run(spec, checkpoint_folder(results_dir, spec), report, mlflow_run_id)
+
+
+def checkpoint_folder(results_dir: Path, spec: RunSpec) -> Path:
+    """Where a run's checkpoints go: ``<results_dir>/checkpoints/<run_hash>``."""
+    return Path(results_dir) / "checkpoints" / spec.run_hash
+
+
+def resumable_mlflow_run(results_dir: Path, spec: RunSpec) -> str:
+    """The MLflow run id named by the run's newest complete checkpoint ("" if none)."""
+    sidecars = checkpoint_sidecars(checkpoint_folder(results_dir, spec), warn=False)
+    return str(sidecars[-1].get("mlflow_run_id", "")) if sidecars else ""
 
 
 def _identity(spec: RunSpec) -> dict[str, Any]:
@@ -221,9 +235,12 @@ def run_suite(
         report_seconds=report_seconds,
     )
 
-    def started(spec: RunSpec) -> None:
-        mlflow_ids[spec.run_hash] = open_ids[spec.run_hash] = tracker.start_run(spec)
+    def started(spec: RunSpec) -> str:
+        previous = resumable_mlflow_run(results_dir, spec)  # a checkpointed run continues it
+        run_id = (previous and tracker.resume_run(previous)) or tracker.start_run(spec)
+        mlflow_ids[spec.run_hash] = open_ids[spec.run_hash] = run_id
         view.run_started(spec)
+        return run_id
 
     def progressed(spec: RunSpec, update: RunProgress) -> None:
         view.run_progressed(spec, update)
@@ -247,6 +264,10 @@ def run_suite(
                 open_ids.pop(result.spec.run_hash, None)
                 summary.recorded.append(result)
                 view.run_finished(result)
+                for step in result.resumed_from_steps:
+                    console.print(
+                        f"{result.spec.title}: resumed from its checkpoint at step {step}"
+                    )
                 if result.status != "completed":
                     first_line = result.error.splitlines()[0] if result.error else ""
                     console.print(f"[yellow]{result.spec.title}: {result.status}[/] {first_line}")

@@ -139,6 +139,24 @@ class Tracker:
         )
         return run.info.run_id
 
+    def resume_run(self, run_id: str) -> str | None:
+        """Reopen the child run ``run_id`` of this suite (a run resumed from its checkpoint):
+        status RUNNING again, and its (key, step) pairs already in MLflow never written twice.
+        Returns ``run_id``, or None if there is no such run in this suite's experiment."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        if run.info.experiment_id != self.experiment_id:
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        written = self._written.setdefault(run_id, set())
+        for key in run.data.metrics:
+            written.update(
+                (key, point.step) for point in self.client.get_metric_history(run_id, key)
+            )
+        return run_id
+
     def log_progress(self, run_id: str, points: list[MetricPoint] | tuple[MetricPoint, ...]) -> int:
         """Queue a run's new points and write the queue if the run's last write is at least
         ``live_flush_seconds`` old (the first write at once). Returns the points written."""

@@ -33,10 +33,10 @@ import copy
 import datetime
 import importlib.metadata
 import math
-import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 from mtlbench.harness.budget import Budget, BudgetExhausted
+from mtlbench.harness.checkpoints import LoopState, RunCheckpoints, restore, snapshot
 from mtlbench.harness.data import evaluation_batches, training_batches
 from mtlbench.harness.dataset import MultiTaskDataset, Splits
 from mtlbench.harness.divergence import DivergenceWatch, mean_task_loss
@@ -90,7 +91,8 @@ class RunResult:
     evaluations: the anytime points (step, budget spent, val and test hypervolume), one per
     ``eval_every`` steps and one for the final state. metric_points: every MLflow point the run
     measured (training rows, anytime points, in order), with its measurement time; ended_ms:
-    Unix time (ms) the run ended (the timestamp of its final metrics).
+    Unix time (ms) the run ended (the timestamp of its final metrics). resumed_from_steps: the
+    steps of the checkpoints this run continued from, one per resume (killed processes).
     """
 
     spec: RunSpec
@@ -117,6 +119,7 @@ class RunResult:
     evaluation_seconds: float = 0.0
     metric_points: list[MetricPoint] = field(default_factory=list)
     ended_ms: int = 0
+    resumed_from_steps: list[int] = field(default_factory=list)  # checkpoints it continued from
 
 
 # ---- set-up ----------------------------------------------------------------------------------
@@ -309,20 +312,17 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_max_rss"
 
 
-def _save_checkpoint(directory: Path, step: int, method: Method) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"step_{step:08d}.pt"
-    temporary = target.with_suffix(".tmp")
-    torch.save({"step": step, "method": method.state_dict()}, temporary)
-    os.replace(temporary, target)
-
-
 def train_run(
     spec: RunSpec,
     checkpoint_dir: Path | None = None,
     progress: ProgressCallback | None = None,
+    mlflow_run_id: str = "",
 ) -> RunResult:
-    """Train and score one run. Never raises for a failing method: the result says ``failed``."""
+    """Train and score one run. Never raises for a failing method: the result says ``failed``.
+
+    checkpoint_dir: where the run's checkpoints go (``harness.checkpoints``); a run that finds
+    one there continues from it. mlflow_run_id: the MLflow run recording it (kept in the
+    checkpoints, so that a resumed run continues the same MLflow run)."""
     started = time.perf_counter()
     device = resolve_device(spec.device)
     result = RunResult(
@@ -335,11 +335,22 @@ def train_run(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        _train(spec, device, checkpoint_dir, progress, result, started)
+        checkpoints = None
+        if checkpoint_dir is not None:
+            training = TrainingConfig.model_validate(spec.training)
+            checkpoints = RunCheckpoints(
+                checkpoint_dir,
+                training.checkpoint_every,
+                spec.budget_kind,
+                spec.budget_limit,
+                training.max_steps,
+                mlflow_run_id,
+            )
+        _train(spec, device, checkpoints, progress, result, started)
     except Exception as error:  # noqa: BLE001 - a failing run is recorded, the suite goes on
         result.status, result.stop_reason = "failed", "error"
         result.error = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=8)}"
-    result.wall_seconds = time.perf_counter() - started
+    result.wall_seconds += time.perf_counter() - started  # += the seconds before a resume
     result.ended_ms = now_ms()
     result.peak_memory_bytes, result.memory_measure = _peak_memory(device)
     return result
@@ -348,7 +359,7 @@ def train_run(
 def _train(
     spec: RunSpec,
     device: torch.device,
-    checkpoint_dir: Path | None,
+    checkpoints: RunCheckpoints | None,
     progress: ProgressCallback | None,
     result: RunResult,
     started: float,
@@ -377,24 +388,42 @@ def _train(
         method.bind(engine, steps_per_epoch=math.ceil(len(splits.train) / training.batch_size))
         budget.restart_clock()
 
-        best_val_hv, best_state, best_step = -math.inf, None, 0
-        last_evaluation: tuple[list[SolutionResult], float] | None = None
-        step, stop_reason, exhausted_message, diverged_reason = 0, "max_steps", "", ""
+        loop = LoopState()
+        stop_reason, exhausted_message, diverged_reason = "max_steps", "", ""
         watch = DivergenceWatch(training.divergence)
         batch = first
-        loop_started = time.perf_counter()
-        reported = 0  # metric points already handed to ``progress``
+        saved = checkpoints.latest() if checkpoints else None
+        if saved is not None:
+            loop = restore(saved, method, batches, budget, watch, result)
+            result.wall_seconds = loop.wall_seconds
+            result.resumed_from_steps = [*loop.resumed_from_steps, loop.step]
+            loop.resumed_from_steps = result.resumed_from_steps
+            print(f"{spec.title}: resuming from step {loop.step}", file=sys.stderr, flush=True)
+            batch = next(batches)
+        loop_started = time.perf_counter() - loop.loop_seconds
+        reported = len(result.metric_points)  # metric points already handed to ``progress``
 
         def report() -> None:
             nonlocal reported
             if progress:
-                fraction = max(budget.fraction_spent, step / training.max_steps)
+                fraction = max(budget.fraction_spent, loop.step / training.max_steps)
                 new_points = tuple(result.metric_points[reported:])
                 reported = len(result.metric_points)
                 elapsed = time.perf_counter() - loop_started
-                progress(RunProgress(step, min(fraction, 1.0), elapsed, new_points))
+                progress(RunProgress(loop.step, min(fraction, 1.0), elapsed, new_points))
 
-        while step < training.max_steps:
+        def save() -> None:
+            if checkpoints is not None:
+                loop.loop_seconds = time.perf_counter() - loop_started
+                loop.wall_seconds = result.wall_seconds + time.perf_counter() - started
+                payload = snapshot(
+                    loop, method, batches, budget, watch, result, checkpoints.mlflow_run_id
+                )
+                checkpoints.write(loop.step, payload, budget.spent)
+
+        if loop.stop_reason:  # resumed from the final checkpoint: training had ended
+            stop_reason = loop.stop_reason
+        while loop.step < training.max_steps and not loop.stop_reason:
             try:
                 log = method.step(batch, engine)
             except BudgetExhausted as exhausted:
@@ -407,7 +436,8 @@ def _train(
                     raise
                 stop_reason, diverged_reason = "diverged", reason
                 break
-            step += 1
+            loop.step += 1
+            step = loop.step
             if step == 1:
                 watch.set_initial(mean_task_loss(_log_row(step, log, taskset.names, budget)))
             if step % training.log_every == 0:
@@ -420,34 +450,33 @@ def _train(
                     break
                 report()
             if step % training.eval_every == 0:
-                last_evaluation = _evaluate_point(
+                loop.last_evaluation = _evaluate_point(
                     method, taskset, splits, device, budget, step, result
                 )
                 result.metric_points += _evaluation_points(
-                    result.evaluations[-1], time.perf_counter() - started
+                    result.evaluations[-1], result.wall_seconds + time.perf_counter() - started
                 )
                 report()
-                val_hv = last_evaluation[1]
-                if spec.scoring == "best_val" and val_hv > best_val_hv:
-                    best_val_hv, best_step = val_hv, step
-                    best_state = copy.deepcopy(method.state_dict())
-            if (
-                checkpoint_dir
-                and training.checkpoint_every
-                and step % training.checkpoint_every == 0
-            ):
-                _save_checkpoint(checkpoint_dir, step, method)
+                val_hv = loop.last_evaluation[1]
+                if spec.scoring == "best_val" and val_hv > loop.best_val_hv:
+                    loop.best_val_hv, loop.best_step = val_hv, step
+                    loop.best_state = copy.deepcopy(method.state_dict())
+            if checkpoints is not None and checkpoints.due(step):
+                save()
             batch = next(batches)
         result.train_seconds = time.perf_counter() - loop_started - result.evaluation_seconds
         result.engine_stats = engine.report()
         result.engine_stats.update({f"method.{k}": v for k, v in method.report().items()})
     finally:
         engine.close()
+    step, last_evaluation = loop.step, loop.last_evaluation
     result.steps, result.stop_reason = step, stop_reason
     result.budget = budget.summary()
     if stop_reason == "diverged":
         result.status, result.error = "diverged", diverged_reason
         report()
+        if checkpoints is not None:
+            checkpoints.prune()
         return
     if step == 0:  # nothing trained: scoring the initial model would pass it off as a result
         result.error = (
@@ -457,19 +486,25 @@ def _train(
         return
     result.scored_step = step
     if last_evaluation is None or result.evaluations[-1]["step"] != step:
-        last_evaluation = _evaluate_point(
+        last_evaluation = loop.last_evaluation = _evaluate_point(
             method, taskset, splits, device, budget, step, result, result.budget
         )
         result.metric_points += _evaluation_points(
-            result.evaluations[-1], time.perf_counter() - started
+            result.evaluations[-1], result.wall_seconds + time.perf_counter() - started
         )
+    if checkpoints is not None:  # the final state, before ``best_val`` swaps the model
+        loop.stop_reason = stop_reason
+        save()
+        checkpoints.prune(step)
     solutions, final_val_hv = last_evaluation  # the final state, evaluated once
-    if spec.scoring == "best_val" and best_state is not None and best_val_hv > final_val_hv:
-        method.load_state_dict(best_state)
-        result.scored_step = best_step
+    if (
+        spec.scoring == "best_val"
+        and loop.best_state is not None
+        and loop.best_val_hv > final_val_hv
+    ):
+        method.load_state_dict(loop.best_state)
+        result.scored_step = loop.best_step
         solutions = _timed_evaluation(method, taskset, splits, device, result)
-    if checkpoint_dir and training.checkpoint_every:
-        _save_checkpoint(checkpoint_dir, step, method)
     objectives = [s.test_objectives for s in solutions]
     for solution, on_front in zip(solutions, pareto_mask(np.asarray(objectives))):
         solution.on_front = bool(on_front)

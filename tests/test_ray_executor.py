@@ -211,6 +211,76 @@ def test_driver_killed_mid_suite_rerun_completes_only_missing(ray_address, tmp_p
         assert sorted(m.step for m in history) == list(range(1, 9))
 
 
+def test_worker_killed_mid_run_is_retried_from_its_checkpoint(ray_address, tmp_path: Path) -> None:
+    """SIGKILL the worker (its PID from the first checkpoint's sidecar): Ray retries the task,
+    which continues from the checkpoint; one row, one MLflow run FINISHED, no step twice."""
+    import threading
+
+    data = {
+        "name": "preempted",
+        "datasets": [DATASET],
+        "methods": [{"name": "test_slow", "params": {"seconds_per_step": 0.3}}],
+        "budget": {"flops": 1e15},
+        "training": {**TRAINING, "checkpoint_every": 2},
+        "executor": {**EXECUTOR, "max_concurrent_runs": 1},
+    }
+    suite_file = tmp_path / "preempted.yaml"
+    suite_file.write_text(yaml.safe_dump(data))
+    results = tmp_path / "results"
+    killed: list[int] = []
+
+    def kill_the_worker() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for sidecar in (results / "checkpoints").glob("*/step_*.json"):
+                killed.append(json.loads(sidecar.read_text())["pid"])
+                os.kill(killed[0], signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_worker)
+    killer.start()
+    _test_methods.register()
+    try:
+        outcome = CliRunner().invoke(
+            app,
+            [
+                "run",
+                str(suite_file),
+                "--results-dir",
+                str(results),
+                "--address",
+                ray_address,
+                "--no-progress",
+                "--no-leaderboard",
+            ],
+        )
+        spec = expand_suite(parse_suite(data))[0]
+    finally:
+        _test_methods.unregister()
+        killer.join()
+    assert killed and killed[0] != os.getpid()
+    assert outcome.exit_code == 0, outcome.output
+    assert "resumed from its checkpoint at step" in outcome.output
+    (row,) = pq.read_table(results / "runs").to_pylist()
+    assert row["status"] == "completed" and row["steps"] == 8
+    (child,) = _children(results, "preempted")
+    assert child.info.status == "FINISHED" and child.info.run_id == row["mlflow_run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    history = client.get_metric_history(child.info.run_id, "train.budget_fraction_spent")
+    assert sorted(m.step for m in history) == list(range(1, 9))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as on the worker (cpus_per_run: 1)
+    _test_methods.register()
+    try:
+        local = train_run(spec)
+    finally:
+        _test_methods.unregister()
+        torch.set_num_threads(threads)
+    assert row["test_losses"] == local.solutions[0].test_losses
+    assert row["budget_spent"] == local.budget["budget_spent"]
+
+
 def test_wait_for_nodes_sees_the_live_head(ray_address) -> None:
     """The SLURM recipe's wait step against a live head: exit 0 once 1 node is up; 2 times out."""
     command = [sys.executable, "-m", "mtlbench.cluster.wait_for_nodes", "--address", ray_address]
