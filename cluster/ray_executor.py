@@ -8,7 +8,7 @@ written on the workers except checkpoints: the driver (``run_suite``) writes the
 the MLflow run, so a SQLite store has one writer.
 
 A task whose worker dies (killed, out of memory, node lost or preempted) is retried by Ray up to
-``executor.max_retries`` times (default :data:`DEFAULT_MAX_RETRIES`; an exception raised by the
+``executor.max_retries`` times (default 2; an exception raised by the
 run itself is never retried: the run records it as ``failed``), and the retry resumes from the
 run's last checkpoint under ``results_dir/checkpoints`` (``harness.checkpoints``), continuing the
 same MLflow run. After the last retry the run comes back as a ``failed`` result carrying Ray's
@@ -30,6 +30,7 @@ import datetime
 import time
 import traceback
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -42,8 +43,7 @@ from mtlbench.harness.suite import RunSpec
 from mtlbench.harness.trainer import ProgressCallback, RunResult, environment, train_run
 from ray.util.queue import Queue
 
-RunFunction = Callable[[RunSpec, Path | None, ProgressCallback | None, str], RunResult]
-DEFAULT_MAX_RETRIES = 2  # retries of a run whose worker died, unless executor.max_retries says
+RunFunction = Callable[[RunSpec, Path | None, ProgressCallback | None, str, bool], RunResult]
 FORWARD_SECONDS = 1.0  # least time between two reports a worker sends to the driver
 WAIT_SECONDS = 0.5  # the driver looks at the progress queue at least this often
 
@@ -71,19 +71,24 @@ class _Forwarder:
         self.points, self.sent_at = [], time.monotonic()
 
 
+@dataclass(frozen=True)
+class _Recording:
+    """Where a run's state goes: its checkpoint folder (as workers see it) and MLflow run id."""
+
+    checkpoint_dir: str
+    mlflow_run_id: str
+    keep_checkpoints: bool = False
+
+
 def _run_on_worker(
-    spec: RunSpec,
-    checkpoint_dir: str | None,
-    threads: int,
-    run: RunFunction,
-    queue: Queue,
-    mlflow_run_id: str = "",
+    spec: RunSpec, recording: _Recording, threads: int, run: RunFunction, queue: Queue
 ) -> RunResult:
     """The body of one Ray task: train and score ``spec`` on this worker (from its checkpoint
-    if it has one), reporting to ``queue``."""
+    if it has one, after a retry), reporting to ``queue``."""
     torch.set_num_threads(threads)
-    path = Path(checkpoint_dir) if checkpoint_dir else None
-    return run(spec, path, _Forwarder(queue, spec.run_hash), mlflow_run_id)
+    path = Path(recording.checkpoint_dir)
+    forwarder = _Forwarder(queue, spec.run_hash)
+    return run(spec, path, forwarder, recording.mlflow_run_id, recording.keep_checkpoints)
 
 
 def failed_result(spec: RunSpec, error: BaseException) -> RunResult:
@@ -102,14 +107,17 @@ def failed_result(spec: RunSpec, error: BaseException) -> RunResult:
     )
 
 
-def ray_executor(config: ExecutorConfig, run: RunFunction = train_run) -> Executor:
-    """An executor running each spec as a Ray task (``run`` is the task body; tests swap it)."""
+def ray_executor(
+    config: ExecutorConfig, run: RunFunction = train_run, keep_checkpoints: bool = False
+) -> Executor:
+    """An executor running each spec as a Ray task (``run`` is the task body; tests swap it);
+    keep_checkpoints: finished runs keep every checkpoint (``output.keep_checkpoints``)."""
 
     def execute(
         specs: list[RunSpec], monitor: RunMonitor, results_dir: Path
     ) -> Generator[RunResult, None, None]:
         started_here = connect(config.address)
-        retries = getattr(config, "max_retries", DEFAULT_MAX_RETRIES)
+        retries = config.max_retries
         task = ray.remote(_run_on_worker).options(
             num_cpus=config.cpus_per_run, num_gpus=config.gpus_per_run, max_retries=retries
         )
@@ -128,10 +136,12 @@ def ray_executor(config: ExecutorConfig, run: RunFunction = train_run) -> Execut
             while waiting or pending:
                 while waiting and len(pending) < config.max_concurrent_runs:
                     spec = waiting.pop(0)
-                    mlflow_run_id = monitor.started(spec) or ""
-                    checkpoint_dir = str(checkpoints / spec.run_hash)
-                    ref = task.remote(spec, checkpoint_dir, threads, run, reports, mlflow_run_id)
-                    pending[ref] = spec
+                    recording = _Recording(
+                        str(checkpoints / spec.run_hash),
+                        monitor.started(spec) or "",
+                        keep_checkpoints,
+                    )
+                    pending[task.remote(spec, recording, threads, run, reports)] = spec
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
                 forward_reports()  # before a result, so no report arrives after its record
                 for ref in done:

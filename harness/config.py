@@ -92,6 +92,7 @@ class ExecutorConfig(_Strict):
     cpus_per_run: float = Field(1.0, gt=0)
     gpus_per_run: float = Field(0.0, ge=0)
     max_concurrent_runs: int = Field(2, gt=0)
+    max_retries: int = Field(2, ge=0)
 
 
 class OutputConfig(_Strict):
@@ -100,6 +101,7 @@ class OutputConfig(_Strict):
 
     results_dir: Path = Path("results")
     tracking_uri: str | None = None
+    keep_checkpoints: bool = False
 
 
 class SuiteConfig(_Strict):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import shlex
@@ -81,7 +82,7 @@ def ensure_writable(results_dir: Path) -> None:
 
 
 def execute_local(
-    specs: list[RunSpec], monitor: RunMonitor, results_dir: Path
+    specs: list[RunSpec], monitor: RunMonitor, results_dir: Path, keep_checkpoints: bool = False
 ) -> Generator[RunResult, None, None]:
     """Run each spec in this process, one after another; reports go straight to ``monitor``."""
     for spec in specs:
@@ -90,7 +91,8 @@ def execute_local(
         def report(update: RunProgress, spec: RunSpec = spec) -> None:
             monitor.progressed(spec, update)
 
-        yield train_run(spec, checkpoint_folder(results_dir, spec), report, mlflow_run_id)
+        folder = checkpoint_folder(results_dir, spec)
+        yield train_run(spec, folder, report, mlflow_run_id, keep_checkpoints)
 
 
 def checkpoint_folder(results_dir: Path, spec: RunSpec) -> Path:
@@ -355,10 +357,11 @@ def _same_rows(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> boo
 
 
 def _executor(kind: str, suite: SuiteConfig) -> Executor:
+    keep = suite.output.keep_checkpoints
     if kind == "local":
-        return execute_local
+        return functools.partial(execute_local, keep_checkpoints=keep)
     if kind == "ray":
         from mtlbench.cluster.ray_executor import ray_executor
 
-        return ray_executor(suite.executor)
+        return ray_executor(suite.executor, keep_checkpoints=keep)
     raise ConfigError(f"executor.kind: unknown executor {kind!r} (known: local, ray)")

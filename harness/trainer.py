@@ -317,12 +317,14 @@ def train_run(
     checkpoint_dir: Path | None = None,
     progress: ProgressCallback | None = None,
     mlflow_run_id: str = "",
+    keep_checkpoints: bool = False,
 ) -> RunResult:
     """Train and score one run. Never raises for a failing method: the result says ``failed``.
 
     checkpoint_dir: where the run's checkpoints go (``harness.checkpoints``); a run that finds
     one there continues from it. mlflow_run_id: the MLflow run recording it (kept in the
-    checkpoints, so that a resumed run continues the same MLflow run)."""
+    checkpoints, so that a resumed run continues the same MLflow run). keep_checkpoints: keep
+    every checkpoint of a finished run (default: only its last one)."""
     started = time.perf_counter()
     device = resolve_device(spec.device)
     result = RunResult(
@@ -335,17 +337,11 @@ def train_run(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        checkpoints = None
-        if checkpoint_dir is not None:
-            training = TrainingConfig.model_validate(spec.training)
-            checkpoints = RunCheckpoints(
-                checkpoint_dir,
-                training.checkpoint_every,
-                spec.budget_kind,
-                spec.budget_limit,
-                training.max_steps,
-                mlflow_run_id,
-            )
+        checkpoints = (
+            None
+            if checkpoint_dir is None
+            else RunCheckpoints.of_run(checkpoint_dir, spec, mlflow_run_id, keep_checkpoints)
+        )
         _train(spec, device, checkpoints, progress, result, started)
     except Exception as error:  # noqa: BLE001 - a failing run is recorded, the suite goes on
         result.status, result.stop_reason = "failed", "error"
