@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from _tiny_suite import tiny_suite
 from mlflow.tracking import MlflowClient
 from mtlbench.harness.cli import app
 from mtlbench.harness.store import ResultStore
@@ -35,28 +36,7 @@ STORE_LOGGER = "mtlbench.harness.store"
 
 def _suite(name: str, seeds: list[int]) -> dict:
     """A suite of tiny runs (seconds each): 2 tasks, an 8-unit encoder, 64 training samples."""
-    return {
-        "name": name,
-        "datasets": [
-            {
-                "name": "synthetic",
-                "params": {
-                    "num_tasks": 2,
-                    "input_features": 4,
-                    "classes": 2,
-                    "width": 8,
-                    "depth": 1,
-                    "train_samples": 64,
-                    "val_samples": 32,
-                    "test_samples": 32,
-                },
-            }
-        ],
-        "methods": [{"name": "ew"}],
-        "seeds": seeds,
-        "budget": {"flops": 2.0e5},  # about 20 steps
-        "training": {"batch_size": 32, "log_every": 5, "eval_every": 10, "checkpoint_every": 20},
-    }
+    return tiny_suite(name, seeds, 2.0e5, checkpoint_every=20)
 
 
 def _write_suite(folder: Path, name: str, seeds: list[int] | None = None) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _tiny_suite import tiny_suite
 from mlflow.tracking import MlflowClient
 from mtlbench.harness.cli import app
 from mtlbench.harness.config import load_suite
@@ -41,28 +42,7 @@ BUDGET_FLOPS = 2.0e5  # about 20 steps of the tiny problem below
 
 def _suite(seeds: list[int]) -> dict:
     """Tiny runs (seconds each): 2 tasks, an 8-unit encoder, 64 training samples."""
-    return {
-        "name": "tiny",
-        "datasets": [
-            {
-                "name": "synthetic",
-                "params": {
-                    "num_tasks": 2,
-                    "input_features": 4,
-                    "classes": 2,
-                    "width": 8,
-                    "depth": 1,
-                    "train_samples": 64,
-                    "val_samples": 32,
-                    "test_samples": 32,
-                },
-            }
-        ],
-        "methods": [{"name": "ew"}],
-        "seeds": seeds,
-        "budget": {"flops": BUDGET_FLOPS},
-        "training": {"batch_size": 32, "log_every": 5, "eval_every": 10, "checkpoint_every": 10},
-    }
+    return tiny_suite("tiny", seeds, BUDGET_FLOPS, checkpoint_every=10)
 
 
 def _write_checkpoint(directory: Path, step: int, sidecar: dict | str | None) -> None:
