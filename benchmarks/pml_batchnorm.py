@@ -20,11 +20,12 @@ import torch
 from mtlbench.harness.budget import Budget, BudgetExhausted
 from mtlbench.harness.config import load_suite
 from mtlbench.harness.data import training_batches
+from mtlbench.harness.evaluation import evaluate_model
 from mtlbench.harness.gradients import get_engine
 from mtlbench.harness.metrics import hypervolume
 from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.registry import DATASETS, METHODS
-from mtlbench.harness.trainer import evaluate_model, seed_everything
+from mtlbench.harness.trainer import seed_everything
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent

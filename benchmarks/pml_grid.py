@@ -17,9 +17,10 @@ import argparse
 import time
 
 import torch
+from mtlbench.harness.evaluation import evaluate_solutions
 from mtlbench.harness.method import TrainingConfig
 from mtlbench.harness.registry import DATASETS, METHODS
-from mtlbench.harness.trainer import evaluate_solutions, seed_everything
+from mtlbench.harness.trainer import seed_everything
 
 CASES: list[tuple[str, dict]] = [
     ("multidigits", {}),

@@ -11,7 +11,9 @@ import math
 from collections.abc import Iterable
 
 import torch
-from mtlbench.harness.method import DivergenceRule
+from mtlbench.harness.gradients import Batch
+from mtlbench.harness.method import DivergenceRule, Method
+from mtlbench.harness.tasks import TaskSet
 
 TASK_LOSS_PREFIX = "task_losses"
 """Logged row keys ``task_losses/<task>``: the per-task training losses a step returned."""
@@ -98,3 +100,31 @@ class DivergenceWatch:
             f"mean task loss {mean_loss:.3g} (initial {self.initial_loss:.3g}) when the method "
             f"raised {type(error).__name__}: {first_line}"
         )
+
+
+def trained_tensors(method: Method) -> list[torch.Tensor]:
+    """The model's parameters and anything else the optimizer updates (UW's, FAMO's own)."""
+    tensors = list(method.model.parameters())
+    seen = {id(t) for t in tensors}
+    for group in getattr(method.optimizer, "param_groups", []):
+        for tensor in group["params"]:
+            if isinstance(tensor, torch.Tensor) and id(tensor) not in seen:
+                tensors.append(tensor)
+                seen.add(id(tensor))
+    return tensors
+
+
+@torch.no_grad()
+def mean_loss_now(method: Method, taskset: TaskSet, batch: Batch) -> float | None:
+    """The mean task loss of the method's first solution on ``batch`` (eval mode, uncharged);
+    None if it cannot be measured (the state is too broken to run a forward)."""
+    try:
+        model = next(iter(method.solutions())).model
+        was_training = model.training
+        model.eval()
+        inputs, targets = batch
+        losses = taskset.per_sample_losses(model(inputs), targets).double().mean()
+        model.train(was_training)
+        return float(losses)
+    except Exception:  # noqa: BLE001 - only a diagnosis of a failure already being recorded
+        return None

@@ -49,12 +49,22 @@ import numpy as np
 import torch
 from mtlbench.harness.budget import Budget, BudgetExhausted
 from mtlbench.harness.checkpoints import LoopState, RunCheckpoints, restore, snapshot
-from mtlbench.harness.data import evaluation_batches, training_batches
+from mtlbench.harness.data import training_batches
 from mtlbench.harness.dataset import MultiTaskDataset, Splits
-from mtlbench.harness.divergence import DivergenceWatch, mean_task_loss
-from mtlbench.harness.gradients import Batch, get_engine
+from mtlbench.harness.divergence import (
+    DivergenceWatch,
+    mean_loss_now,
+    mean_task_loss,
+    trained_tensors,
+)
+from mtlbench.harness.evaluation import (
+    SolutionResult,
+    evaluate_solutions,
+    front_hypervolume,
+)
+from mtlbench.harness.gradients import get_engine
 from mtlbench.harness.method import Method, TrainingConfig
-from mtlbench.harness.metrics import HypervolumeResult, hypervolume, pareto_mask
+from mtlbench.harness.metrics import HypervolumeResult, pareto_mask
 from mtlbench.harness.progress import MetricPoint, RunProgress, now_ms
 from mtlbench.harness.registry import DATASETS, METHODS
 from mtlbench.harness.suite import RunSpec
@@ -62,23 +72,6 @@ from mtlbench.harness.tasks import TaskSet
 
 ProgressCallback = Callable[[RunProgress], None]
 ANYTIME_KEYS = ("val_hypervolume", "test_hypervolume")
-EVAL_BATCH_SIZE = 1024
-
-
-@dataclass
-class SolutionResult:
-    """One evaluated solution: per-task losses, metrics and objectives on val and test (T,)."""
-
-    index: int
-    label: str
-    coordinates: list[float] | None
-    val_losses: list[float]
-    val_metrics: list[float]
-    val_objectives: list[float]
-    test_losses: list[float]
-    test_metrics: list[float]
-    test_objectives: list[float]
-    on_front: bool = False
 
 
 @dataclass
@@ -87,7 +80,8 @@ class RunResult:
 
     status: ``completed`` | ``diverged`` | ``failed``; stop_reason: ``budget`` | ``max_steps`` |
     ``exploration_finished`` (a method ended with budget left) | ``diverged`` | ``error``
-    (a run stopped by its budget before its first step is ``failed``). history: rows of training metrics every ``log_every`` steps.
+    (a run stopped by its budget before its first step is ``failed``). history: rows of
+    training metrics every ``log_every`` steps.
     evaluations: the anytime points (step, budget spent, val and test hypervolume), one per
     ``eval_every`` steps and one for the final state. metric_points: every MLflow point the run
     measured (training rows, anytime points, in order), with its measurement time; ended_ms:
@@ -202,46 +196,6 @@ def environment(device: torch.device) -> dict[str, str]:
     }
 
 
-# ---- evaluation ------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate_model(
-    model: torch.nn.Module, taskset: TaskSet, split, device: torch.device
-) -> tuple[list[float], list[float], list[float]]:
-    """Mean per-task loss, metric and objective over a split: three lists of length T."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros(len(taskset), dtype=torch.float64, device=device)
-    metric_sum = torch.zeros(len(taskset), dtype=torch.float64, device=device)
-    count = 0
-    for inputs, targets in evaluation_batches(split, EVAL_BATCH_SIZE, device):
-        outputs = model(inputs)
-        loss_sum += taskset.per_sample_losses(outputs, targets).sum(dim=0).double()
-        metric_sum += taskset.per_sample_metrics(outputs, targets).sum(dim=0).double()
-        count += int(inputs.shape[0])
-    model.train(was_training)
-    losses = (loss_sum / count).tolist()
-    metrics = (metric_sum / count).tolist()
-    objectives = [task.objective(value) for task, value in zip(taskset, metrics)]
-    return losses, metrics, objectives
-
-
-def evaluate_solutions(
-    method: Method, taskset: TaskSet, splits: Splits, device: torch.device, with_test: bool = True
-) -> list[SolutionResult]:
-    results = []
-    for index, solution in enumerate(method.solutions()):
-        val = evaluate_model(solution.model, taskset, splits.val, device)
-        test = evaluate_model(solution.model, taskset, splits.test, device) if with_test else val
-        coordinates = list(map(float, solution.coordinates)) if solution.coordinates else None
-        results.append(SolutionResult(index, solution.label, coordinates, *val, *test))
-    method.model.train()
-    return results
-
-
-def front_hypervolume(objectives: list[list[float]], reference: list[float]) -> HypervolumeResult:
-    return hypervolume(np.asarray(objectives, dtype=float).reshape(-1, len(reference)), reference)
-
-
 # ---- the run ---------------------------------------------------------------------------------
 def _log_row(step: int, log: dict[str, torch.Tensor], names: list[str], budget: Budget) -> dict:
     row: dict[str, float] = {"step": float(step), "budget_fraction_spent": budget.fraction_spent}
@@ -276,34 +230,6 @@ def _evaluation_points(point: dict[str, Any], wall_seconds: float) -> list[Metri
         for key, value in values.items()
         if math.isfinite(value)
     ]
-
-
-def _trained_tensors(method: Method) -> list[torch.Tensor]:
-    """The model's parameters and anything else the optimizer updates (UW's, FAMO's own)."""
-    tensors = list(method.model.parameters())
-    seen = {id(t) for t in tensors}
-    for group in getattr(method.optimizer, "param_groups", []):
-        for tensor in group["params"]:
-            if isinstance(tensor, torch.Tensor) and id(tensor) not in seen:
-                tensors.append(tensor)
-                seen.add(id(tensor))
-    return tensors
-
-
-@torch.no_grad()
-def _mean_loss_now(method: Method, taskset: TaskSet, batch: Batch) -> float | None:
-    """The mean task loss of the method's first solution on ``batch`` (eval mode, uncharged);
-    None if it cannot be measured (the state is too broken to run a forward)."""
-    try:
-        model = next(iter(method.solutions())).model
-        was_training = model.training
-        model.eval()
-        inputs, targets = batch
-        losses = taskset.per_sample_losses(model(inputs), targets).double().mean()
-        model.train(was_training)
-        return float(losses)
-    except Exception:  # noqa: BLE001 - only a diagnosis of a failure already being recorded
-        return None
 
 
 def _peak_memory(device: torch.device) -> tuple[int, str]:
@@ -427,7 +353,7 @@ def _train(
                 break
             except Exception as error:  # a failure on a blown-up state is its divergence
                 with budget.uncharged():
-                    reason = watch.explains_failure(_mean_loss_now(method, taskset, batch), error)
+                    reason = watch.explains_failure(mean_loss_now(method, taskset, batch), error)
                 if reason is None:
                     raise
                 stop_reason, diverged_reason = "diverged", reason
@@ -440,7 +366,7 @@ def _train(
                 row = _log_row(step, log, taskset.names, budget)
                 result.history.append(row)
                 result.metric_points += _row_points(row)
-                reason = watch.observe(step, row, _trained_tensors(method))
+                reason = watch.observe(step, row, trained_tensors(method))
                 if reason is not None:
                     stop_reason, diverged_reason = "diverged", reason
                     break

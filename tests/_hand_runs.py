@@ -5,10 +5,11 @@ single-task baselines whose numbers make the validation choice differ from the t
 """
 
 import numpy as np
+from mtlbench.harness.evaluation import SolutionResult
 from mtlbench.harness.metrics import hypervolume
 from mtlbench.harness.runner import result_rows
 from mtlbench.harness.suite import RunSpec
-from mtlbench.harness.trainer import RunResult, SolutionResult
+from mtlbench.harness.trainer import RunResult
 
 TASKS = ["left", "right"]
 # baseline accuracies (val = test): left 0.9, right 0.3

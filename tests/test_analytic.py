@@ -17,9 +17,9 @@ import torch
 from _zdt2 import zdt2_objectives
 from mtlbench.datasets.analytic import AnalyticParams, problem_of
 from mtlbench.harness.config import ConfigError, parse_suite
+from mtlbench.harness.evaluation import evaluate_model
 from mtlbench.harness.metrics import hypervolume
 from mtlbench.harness.registry import DATASETS, METHODS
-from mtlbench.harness.trainer import evaluate_model
 from scipy.integrate import quad
 from scipy.spatial import cKDTree
 

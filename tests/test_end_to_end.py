@@ -90,7 +90,7 @@ def test_records_parquet_mlflow_and_leaderboard(finished_suite) -> None:
 def test_anytime_evaluations_recorded(finished_suite) -> None:
     """Every eval_every steps and at the end: val and test HV against the budget spent, in the
     evaluation table and as MLflow metrics whose step is the FLOPs spent."""
-    from mtlbench.harness.trainer import front_hypervolume
+    from mtlbench.harness.evaluation import front_hypervolume
 
     _, results = finished_suite
     runs = {r["run_hash"]: r for r in pq.read_table(results / "runs").to_pylist()}
