@@ -51,8 +51,9 @@ def main() -> None:
     model = dataset.build_model()
     shared = sum(p.numel() for p in model.shared_parameters())
     print(
-        f"method {args.method}, synthetic MLP width {width} ({shared:,} shared parameters), T={args.tasks}, "
-        f"batch {args.batch_size}, threads {torch.get_num_threads()}, {args.blocks} blocks x {args.steps} steps"
+        f"method {args.method}, synthetic MLP width {width} ({shared:,} shared parameters), "
+        f"T={args.tasks}, batch {args.batch_size}, threads {torch.get_num_threads()}, "
+        f"{args.blocks} blocks x {args.steps} steps"
     )
     for stage in args.stages:
         runs = {}
@@ -71,7 +72,8 @@ def main() -> None:
             ratios.append(times["deepspeed"][-1] / times["loop"][-1])
         print(
             f"ZeRO-{stage}: loop {1e3 * statistics.median(times['loop']):.2f} ms, deepspeed "
-            f"{1e3 * statistics.median(times['deepspeed']):.2f} ms, ratio median {statistics.median(ratios):.3f} "
+            f"{1e3 * statistics.median(times['deepspeed']):.2f} ms, "
+            f"ratio median {statistics.median(ratios):.3f} "
             f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
         )
 

@@ -138,7 +138,8 @@ def pml_against_ew(suite_path: str, dataset: str, seeds: list[int], budget_scale
         device="cpu",
     )
     print(
-        f"dataset {dataset}, budget {budget:.3g} {suite.budget.kind}, training {suite.training.model_dump()}"
+        f"dataset {dataset}, budget {budget:.3g} {suite.budget.kind}, "
+        f"training {suite.training.model_dump()}"
     )
     rows = []
     for seed in seeds:
@@ -162,8 +163,9 @@ def pml_against_ew(suite_path: str, dataset: str, seeds: list[int], budget_scale
         pml_hv = pml.hypervolume.value
         rows.append((pml_hv, ew_hv))
         print(
-            f"seed {seed}: PML hypervolume {pml_hv:.4f} ({pml.steps} steps × W, {pml.wall_seconds:.0f} s, "
-            f"{len(points)} points) | EW × {len(points)} hypervolume {ew_hv:.4f} "
+            f"seed {seed}: PML hypervolume {pml_hv:.4f} ({pml.steps} steps × W, "
+            f"{pml.wall_seconds:.0f} s, {len(points)} points) | "
+            f"EW × {len(points)} hypervolume {ew_hv:.4f} "
             f"({ew_steps} steps in all, {ew_seconds:.0f} s) | ratio PML/EW {pml_hv / ew_hv:.3f}"
         )
         vertex_errors = {tuple(s.coordinates): s.test_objectives for s in pml.solutions}
@@ -179,7 +181,8 @@ def pml_against_ew(suite_path: str, dataset: str, seeds: list[int], budget_scale
         pml_mean = statistics.mean(r[0] for r in rows)
         ew_mean = statistics.mean(r[1] for r in rows)
         print(
-            f"mean over {len(rows)} seeds: PML {pml_mean:.4f} | EW × N {ew_mean:.4f} | ratio {pml_mean / ew_mean:.3f}"
+            f"mean over {len(rows)} seeds: PML {pml_mean:.4f} | EW × N {ew_mean:.4f} | "
+            f"ratio {pml_mean / ew_mean:.3f}"
         )
 
 

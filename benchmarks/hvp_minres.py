@@ -162,7 +162,7 @@ def _scipy_ratio(model, taskset, batch, weights, variant, args, device) -> float
     )
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["mlp", "resnet18"], default="mlp")
     parser.add_argument(
@@ -182,7 +182,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(HVP_VARIANTS), choices=HVP_VARIANTS)
     parser.add_argument("--no-scipy", dest="compare_scipy", action="store_false")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     rows = []
@@ -216,6 +220,11 @@ def main() -> None:
         f"{args.batch_size}, MINRES {args.iterations} iterations max, tolerance {args.tolerance}, "
         f"damping {args.damping}, medians of {args.repeats}"
     )
+    _print_table(rows, args)
+
+
+def _print_table(rows: list[dict], args: argparse.Namespace) -> None:
+    """One Markdown row per measured model."""
     ratio_headers = [f"{v} t/f" for v in args.variants]
     headers = [
         "model",

@@ -120,9 +120,10 @@ weights than EW, on all 6 seeds. Damping (eta_w <= 0.5) averages the noise out. 
 q = 2: 2.06 x): issue 6's cost target is <= 2 x EW's step time at T = 40 on ResNet-18, where each
 direction is one more encoder backward (H100: q = 1 measured 1.69 x; q = 2 would be ~2.3 x). It
 is still closer to the large-batch MGDA weights than EW on every seed (paired -0.012, SE 0.002).
-Plainly: no setting beats uniform weights by much (best: 0.020 closer than EW). T = 2: one tangent direction, so each pair line search
-is along the same line, and with eta_w = 0.3 an update goes 1 - 0.7^2 = 51 % of the way to MGDA's
-closed form (if interior; eta_w = 1: all of it, the per-batch MGDA weights exactly). The default
+Plainly: no setting beats uniform weights by much (best: 0.020 closer than EW). T = 2: one
+tangent direction, so each pair line search is along the same line, and with eta_w = 0.3 an
+update goes 1 - 0.7^2 = 51 % of the way to MGDA's closed form (if interior; eta_w = 1: all of
+it, the per-batch MGDA weights exactly). The default
 therefore no longer applies MGDA's per-batch weights (L1 0.10, gap 8e-3; EW: 0.20, 3.4e-2), but it
 is no farther from the large-batch MGDA weights (0.19, vs 0.24 at eta_w = 1 and 0.23 for EW; 12
 noisy evaluations a run). ``central`` gives ``exact_directional``'s weights (F is quadratic) at
@@ -340,7 +341,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return (text or "defaults"), params
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problem", choices=["teacher", "multidigits"], default="teacher")
     parser.add_argument("--tasks", type=int, default=10, help="teacher problem only")
@@ -363,7 +364,11 @@ def main() -> None:
         "the defaults), e.g. --variant 'weight_step=0.3,num_directions=4'",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the tracking rows as JSON")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _parse_args()
     variants = dict(map(parse_variant, args.variant)) if args.variant else VARIANTS
     if args.problem == "teacher":
         taskset, build_model, train = teacher_problem(args.tasks)
@@ -371,42 +376,51 @@ def main() -> None:
         taskset, build_model, train = multidigits_problem()
     print(
         f"problem {args.problem}, T = {len(taskset)}, batch {args.batch_size}, "
-        f"Adam lr {args.lr}, {args.steps} steps, seed {args.seed}, threads {torch.get_num_threads()}"
+        f"Adam lr {args.lr}, {args.steps} steps, seed {args.seed}, "
+        f"threads {torch.get_num_threads()}"
     )
-
     if not args.skip_tracking:
-        print(
-            "\nL1 distance of the applied weights to MGDA's min-norm weights on the same batch;"
-            " gap: (F(w) - F*) / F*"
-        )
-        print(
-            f"{'variant':34s} {'L1 mean':>8s} {'median':>8s} {'final':>8s} {'gap med':>8s} "
-            f"{'L1 large':>8s} {'FLOPs/EW':>8s}"
-        )
-        reference_row = None
-        rows = {}
-        for label, params in variants.items():
-            row = rows[label] = track(params, taskset, build_model, train, args)
-            reference_row = reference_row or row
-            print(
-                f"{label:34s} {row['l1_mean']:8.4f} {row['l1_median']:8.4f} "
-                f"{row['l1_final']:8.4f} {row['gap_median']:8.2e} {row['large_l1_mean']:8.4f} "
-                f"{row['flops_ratio']:8.2f}"
-            )
-        print(
-            f"{'uniform weights (EW)':34s} {reference_row['uniform_l1_mean']:8.4f} "
-            f"{'':8s} {'':8s} {reference_row['uniform_gap_median']:8.2e} "
-            f"{reference_row['uniform_large_l1_mean']:8.4f} {1.0:8.2f}"
-        )
-        print(f"{'MGDA weights of the previous step':34s} {reference_row['lag_l1_mean']:8.4f}")
-        print(
-            f"{'per-batch MGDA weights':34s} {'':8s} {'':8s} {'':8s} {'':8s} "
-            f"{reference_row['batch_large_l1_mean']:8.4f}"
-        )
-        if args.json:
-            with open(args.json, "w") as handle:
-                json.dump({"args": vars(args), "rows": rows}, handle, indent=1)
+        _track_variants(variants, taskset, build_model, train, args)
+    _time_methods(taskset, build_model, train, args)
 
+
+def _track_variants(variants: dict, taskset, build_model, train, args: argparse.Namespace) -> None:
+    """Print how closely each MARIGOLD variant's weights track MGDA's (one row per variant)."""
+    print(
+        "\nL1 distance of the applied weights to MGDA's min-norm weights on the same batch;"
+        " gap: (F(w) - F*) / F*"
+    )
+    print(
+        f"{'variant':34s} {'L1 mean':>8s} {'median':>8s} {'final':>8s} {'gap med':>8s} "
+        f"{'L1 large':>8s} {'FLOPs/EW':>8s}"
+    )
+    reference_row = None
+    rows = {}
+    for label, params in variants.items():
+        row = rows[label] = track(params, taskset, build_model, train, args)
+        reference_row = reference_row or row
+        print(
+            f"{label:34s} {row['l1_mean']:8.4f} {row['l1_median']:8.4f} "
+            f"{row['l1_final']:8.4f} {row['gap_median']:8.2e} {row['large_l1_mean']:8.4f} "
+            f"{row['flops_ratio']:8.2f}"
+        )
+    print(
+        f"{'uniform weights (EW)':34s} {reference_row['uniform_l1_mean']:8.4f} "
+        f"{'':8s} {'':8s} {reference_row['uniform_gap_median']:8.2e} "
+        f"{reference_row['uniform_large_l1_mean']:8.4f} {1.0:8.2f}"
+    )
+    print(f"{'MGDA weights of the previous step':34s} {reference_row['lag_l1_mean']:8.4f}")
+    print(
+        f"{'per-batch MGDA weights':34s} {'':8s} {'':8s} {'':8s} {'':8s} "
+        f"{reference_row['batch_large_l1_mean']:8.4f}"
+    )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"args": vars(args), "rows": rows}, handle, indent=1)
+
+
+def _time_methods(taskset, build_model, train, args: argparse.Namespace) -> None:
+    """Print each method's step time over EW's, on this problem or CelebA's ResNet-18."""
     timing_problems = [(args.problem, taskset, build_model, train)]
     if args.resnet:
         timing_problems = [("resnet18 celeba", *resnet_problem(args.batch_size))]
@@ -419,11 +433,12 @@ def main() -> None:
         "exact, pairs, q=1, eta=1, k=4",
     ):
         entries[f"marigold {label}"] = ("marigold", VARIANTS[label], "loop")
-    for name, taskset, build_model, data in timing_problems:
+    for name, timed_taskset, timed_model, data in timing_problems:
         batch = (data[0][: args.batch_size], data[1][: args.batch_size])
-        ratios = time_steps(entries, taskset, build_model, batch, args)
+        ratios = time_steps(entries, timed_taskset, timed_model, batch, args)
         print(
-            f"\nstep time / EW step time ({name}, T = {len(taskset)}, batch {args.batch_size}, "
+            f"\nstep time / EW step time ({name}, T = {len(timed_taskset)}, "
+            f"batch {args.batch_size}, "
             f"median of {args.blocks} interleaved blocks of {args.timing_steps} steps)"
         )
         for label, ratio in ratios.items():

@@ -25,7 +25,7 @@ from mtlbench.harness.gradients import get_engine
 from mtlbench.harness.metrics import hypervolume
 from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.registry import DATASETS, METHODS
-from mtlbench.harness.trainer import seed_everything
+from mtlbench.harness.run_setup import seed_everything
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,8 @@ def main() -> None:
     pml_cls = METHODS.get("pml")
     device = torch.device("cpu")
     print(
-        f"budget {suite.budget.limit:.3g} {suite.budget.kind}; recalibration on the last {args.recalibration_batches} batches"
+        f"budget {suite.budget.limit:.3g} {suite.budget.kind}; "
+        f"recalibration on the last {args.recalibration_batches} batches"
     )
     for seed in args.seeds:
         seed_everything(seed)
@@ -87,7 +88,10 @@ def main() -> None:
         print(f"seed {seed}: {steps} steps")
         for name, front in fronts.items():
             value = hypervolume(front, taskset.hv_reference).value
-            ends = f"α=(1,0): {front[-1][0]:.3f},{front[-1][1]:.3f}  α=(.5,.5): {front[5][0]:.3f},{front[5][1]:.3f}  α=(0,1): {front[0][0]:.3f},{front[0][1]:.3f}"
+            ends = "  ".join(
+                f"α={alpha}: {front[row][0]:.3f},{front[row][1]:.3f}"
+                for alpha, row in (("(1,0)", -1), ("(.5,.5)", 5), ("(0,1)", 0))
+            )
             print(f"  {name:>20}: test hypervolume {value:.4f} | errors {ends}")
 
 

@@ -2,7 +2,7 @@
 
 Evaluation is not charged to the budget, so a dense grid costs evaluation time only: every point
 of the grid is one model evaluated on val and test, at each anytime point (``eval_every``) and at
-the end. This script times ``harness.trainer.evaluate_solutions`` (val + test, as the trainer
+the end. This script times ``harness.evaluation.evaluate_solutions`` (val + test, as the trainer
 runs it) for a PML ensemble built on each dataset's default model (the weights do not change the
 time), with the default grid and with the old 10-division one, and prints seconds per point and
 per evaluation.
@@ -20,7 +20,7 @@ import torch
 from mtlbench.harness.evaluation import evaluate_solutions
 from mtlbench.harness.method import TrainingConfig
 from mtlbench.harness.registry import DATASETS, METHODS
-from mtlbench.harness.trainer import seed_everything
+from mtlbench.harness.run_setup import seed_everything
 
 CASES: list[tuple[str, dict]] = [
     ("multidigits", {}),

@@ -170,7 +170,7 @@ def run_tasks(args, tasks: int, device: torch.device) -> list[tuple[str, float, 
         try:
             for _ in range(args.warmup):
                 step()
-        except Exception as error:  # noqa: BLE001 - one broken method must not hide the others
+        except Exception as error:  # one broken method must not hide the others
             print(f"  {name}: failed ({type(error).__name__}: {str(error).splitlines()[0]})")
             del steps[name]
             continue
@@ -250,8 +250,8 @@ def main() -> None:
         torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} thread(s)"
     )
     print(
-        f"{args.model} encoder, {args.side}×{args.side} inputs, batch {args.batch_size}, binary heads; "
-        f"{where}{'; TF32' if args.tf32 else ''}; chunk {args.chunk_size or 'all'}; "
+        f"{args.model} encoder, {args.side}×{args.side} inputs, batch {args.batch_size}, "
+        f"binary heads; {where}{'; TF32' if args.tf32 else ''}; chunk {args.chunk_size or 'all'}; "
         f"torch {torch.__version__}; median of {args.blocks} blocks × {args.steps} steps"
     )
     for tasks in args.tasks:

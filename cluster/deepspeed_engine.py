@@ -48,17 +48,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from mtlbench.harness.budget import Budget
-from mtlbench.harness.gradients import (
-    Batch,
-    BatchedEngine,
-    StepState,
-    flatten_gradients,
-    register_engine,
-)
+from mtlbench.harness.gradients import Batch, BatchedEngine, StepState, flatten_gradients
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -75,10 +69,22 @@ class DeepSpeedOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    zero_stage: Literal[0, 1, 2, 3] = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    chunk_size: int = Field(64, ge=1)
-    config: dict[str, Any] = Field(default_factory=dict)
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        0,
+        description="ZeRO stage: 0 none, 1 optimizer states, 2 and gradients, 3 and parameters "
+        "partitioned (stage 3 serves no per-task gradient request)",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="training precision of DeepSpeed's engine"
+    )
+    chunk_size: int = Field(
+        64, ge=1, description="tasks per batched vector-Jacobian product (as engine 'batched')"
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra DeepSpeed config keys, merged last over the harness's own (e.g. "
+        '{"zero_optimization": {"offload_optimizer": {"device": "cpu"}}})',
+    )
 
 
 def prepare_environment(device: torch.device) -> None:
@@ -193,7 +199,7 @@ class DeepSpeedEngine(BatchedEngine):
     method's optimizer); FLOP costs are calibrated before, on the plain fp32 model."""
 
     name: ClassVar[str] = "deepspeed"
-    options_model: ClassVar[type[BaseModel]] = DeepSpeedOptions  # checked when a suite loads
+    options_model: ClassVar[type[BaseModel] | None] = DeepSpeedOptions  # checked at suite load
 
     def __init__(
         self,
@@ -223,8 +229,9 @@ class DeepSpeedEngine(BatchedEngine):
         return sum(int(getattr(p, "ds_numel", p.numel())) for p in self.shared_parameters)
 
     # ---- DeepSpeed set-up -------------------------------------------------------------------
-    def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> DeepSpeedOptimizer:
-        """Wrap the model and ``optimizer`` with ``deepspeed.initialize``; return the facade."""
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Wrap the model and ``optimizer`` with ``deepspeed.initialize``; return the facade, a
+        :class:`DeepSpeedOptimizer`."""
         if self.deepspeed_engine is not None:
             raise RuntimeError("deepspeed engine: wrap_optimizer was already called")
         device = next(self.model.parameters()).device
@@ -246,7 +253,10 @@ class DeepSpeedEngine(BatchedEngine):
             )
         if self.options.precision == "bf16":
             self._install_precision_casts()
-        return DeepSpeedOptimizer(self.deepspeed_engine)
+        # The facade is not a torch Optimizer (it has no parameters of its own to hold) but has
+        # every call a method and the trainer make on one (zero_grad, step, param_groups,
+        # state_dict, load_state_dict); typed as the base class's return for them.
+        return cast(torch.optim.Optimizer, DeepSpeedOptimizer(self.deepspeed_engine))
 
     def _install_precision_casts(self) -> None:
         """bf16 parameters: floating inputs enter the encoder as bf16, head outputs leave as fp32
@@ -269,8 +279,8 @@ class DeepSpeedEngine(BatchedEngine):
     def _module(self) -> MultiTaskModel:
         if self.deepspeed_engine is None:
             raise RuntimeError(
-                "deepspeed engine: call engine.wrap_optimizer(method.optimizer) before the first step "
-                "(the trainer does)"
+                "deepspeed engine: call engine.wrap_optimizer(method.optimizer) before the first "
+                "step (the trainer does)"
             )
         return self.deepspeed_engine.module
 
@@ -371,8 +381,10 @@ class DeepSpeedEngine(BatchedEngine):
         )
         return _linear_term(heads, flatten_gradients(grads, heads))
 
-    def _shared_jacobian(self, state: StepState, z_grads: Tensor) -> Tensor:
-        jacobian = super()._shared_jacobian(state, z_grads)
+    def _shared_jacobian(
+        self, state: StepState, z_grads: Tensor, out: Tensor | None = None
+    ) -> Tensor:
+        jacobian = super()._shared_jacobian(state, z_grads, out)
         return jacobian.float() if self.dtype != torch.float32 else jacobian
 
 
@@ -387,6 +399,3 @@ def _linear_term(parameters: list[nn.Parameter], gradient: Tensor) -> Tensor:
         total = total + (parameter * piece).sum()
         offset += parameter.numel()
     return total
-
-
-register_engine(DeepSpeedEngine.name, DeepSpeedEngine)

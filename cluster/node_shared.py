@@ -20,6 +20,7 @@ removes the files of drivers that are no longer alive (the driver's pid is in th
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -89,10 +90,8 @@ def _remove_orphans() -> None:
 
 
 def _unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _unlink_all(paths: tuple[str, ...]) -> None:
@@ -222,6 +221,9 @@ class NodeBarrier:
         (the driver, a member when it computes a share itself, checks that no actor died:
         nobody else would release it).
         """
+        own = self._own
+        if own is None:
+            raise RuntimeError("barrier: a process that only aborts (rank None) cannot arrive")
         self._post(exchange_id)
         self._early = Counter({v: n for v, n in self._early.items() if abs(v) >= exchange_id})
         if self._early.pop(-exchange_id, 0):
@@ -233,12 +235,12 @@ class NodeBarrier:
             if remaining <= 0:
                 raise TimeoutError(f"barrier: peers did not arrive within {timeout_s:.0f} s")
             wait_s = remaining if check is None else min(remaining, check_every_s)
-            if not select.select([self._own], [], [], wait_s)[0]:
+            if not select.select([own], [], [], wait_s)[0]:
                 if check is not None:
                     check()
                 continue
             try:
-                pending += os.read(self._own, 4096)
+                pending += os.read(own, 4096)
             except BlockingIOError:
                 continue
             whole = len(pending) - len(pending) % 8

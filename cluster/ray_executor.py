@@ -1,6 +1,8 @@
 """Suite executor ``ray``: each run is a Ray task with its own resources, results come back.
 
-``ray_executor(config)`` returns an :data:`~mtlbench.harness.runner.Executor`: it connects to
+Registered as executor ``ray`` (the ``mtlbench.executors`` entry point names
+:func:`suite_executor`). ``ray_executor(config)`` returns an
+:data:`~mtlbench.harness.runner.Executor`: it connects to
 ``config.address`` (or ``RAY_ADDRESS``, or starts a local cluster), submits at most
 ``max_concurrent_runs`` runs at a time, each a task asking ``cpus_per_run`` CPUs and
 ``gpus_per_run`` GPUs, and yields each :class:`RunResult` as soon as it is done. Nothing is
@@ -22,6 +24,10 @@ the driver); the driver drains it between waits and hands the reports to its mon
 writes the metric points to MLflow. Workers never touch the MLflow store. A report lost with a
 dead worker costs nothing but liveness: the run's record, written from its result, carries every
 point it measured.
+
+Plugins (the suite's ``plugins``, ``--plugin``): each task imports them on its worker before it
+looks a name up, from the folders the driver imported them from (put on the worker's
+``sys.path``; on a multi-node cluster those folders must be on every node).
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from pathlib import Path
 import ray
 import torch
 from mtlbench.cluster._ray_setup import connect
-from mtlbench.harness.config import ExecutorConfig
+from mtlbench.harness.config import ExecutorConfig, SuiteConfig
+from mtlbench.harness.plugins import PluginSource, import_on_worker, plugin_sources
 from mtlbench.harness.progress import MetricPoint, RunProgress
 from mtlbench.harness.runner import Executor, RunMonitor
 from mtlbench.harness.suite import RunSpec
@@ -66,7 +73,7 @@ class _Forwarder:
         )
         try:
             self.queue.put_nowait((self.run_hash, merged))
-        except Exception:  # noqa: BLE001 - a lost report must not fail the run it reports on
+        except Exception:  # any failure: a lost report must not fail the run it reports on
             return
         self.points, self.sent_at = [], time.monotonic()
 
@@ -78,6 +85,7 @@ class _Recording:
     checkpoint_dir: str
     mlflow_run_id: str
     keep_checkpoints: bool = False
+    plugins: tuple[PluginSource, ...] = ()  # imported on the worker before the run starts
 
 
 def _run_on_worker(
@@ -86,6 +94,7 @@ def _run_on_worker(
     """The body of one Ray task: train and score ``spec`` on this worker (from its checkpoint
     if it has one, after a retry), reporting to ``queue``."""
     torch.set_num_threads(threads)
+    import_on_worker(recording.plugins)
     path = Path(recording.checkpoint_dir)
     forwarder = _Forwarder(queue, spec.run_hash)
     return run(spec, path, forwarder, recording.mlflow_run_id, recording.keep_checkpoints)
@@ -107,11 +116,26 @@ def failed_result(spec: RunSpec, error: BaseException) -> RunResult:
     )
 
 
+def suite_executor(suite: SuiteConfig) -> Executor:
+    """Executor ``ray`` for ``suite``: its ``executor`` settings, checkpoint policy and plugins
+    (already imported here by the suite's loading)."""
+    return ray_executor(
+        suite.executor,
+        keep_checkpoints=suite.output.keep_checkpoints,
+        plugins=plugin_sources(suite.plugins),
+    )
+
+
 def ray_executor(
-    config: ExecutorConfig, run: RunFunction = train_run, keep_checkpoints: bool = False
+    config: ExecutorConfig,
+    run: RunFunction = train_run,
+    keep_checkpoints: bool = False,
+    plugins: tuple[PluginSource, ...] = (),
 ) -> Executor:
     """An executor running each spec as a Ray task (``run`` is the task body; tests swap it);
-    keep_checkpoints: finished runs keep every checkpoint (``output.keep_checkpoints``)."""
+    keep_checkpoints: finished runs keep every checkpoint (``output.keep_checkpoints``);
+    plugins: modules each task imports first (:func:`~mtlbench.harness.plugins.plugin_sources`).
+    """
 
     def execute(
         specs: list[RunSpec], monitor: RunMonitor, results_dir: Path
@@ -140,6 +164,7 @@ def ray_executor(
                         str(checkpoints / spec.run_hash),
                         monitor.started(spec) or "",
                         keep_checkpoints,
+                        plugins,
                     )
                     pending[task.remote(spec, recording, threads, run, reports)] = spec
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
@@ -148,7 +173,7 @@ def ray_executor(
                     spec = pending.pop(ref)
                     try:
                         result = ray.get(ref)
-                    except Exception as error:  # noqa: BLE001 - a lost run is recorded, the suite goes on
+                    except Exception as error:  # a lost run is recorded, the suite goes on
                         result = failed_result(spec, error)
                     yield result
         finally:

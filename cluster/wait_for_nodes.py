@@ -8,6 +8,7 @@ timeout (with one line saying how many joined).
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 import sys
 import time
@@ -55,7 +56,7 @@ def connect_with_retry(address: str, timeout_s: float, poll_s: float = 2.0) -> N
     while True:
         if head_answers(address):
             try:
-                ray.init(address=address, logging_level="ERROR")
+                ray.init(address=address, logging_level=logging.ERROR)
                 return
             except (ConnectionError, RuntimeError):
                 pass

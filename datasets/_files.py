@@ -5,7 +5,7 @@ Every real dataset reads its files from one *data root*: the dataset parameter `
 ``MTLBENCH_DATA_ROOT``. Each dataset looks in its own folder under the root (``mnist/``,
 ``fashion_mnist/``, ``UTKFace/``, ``celeba/``, ``census/``); nothing is ever downloaded. A missing
 or malformed file raises :class:`DatasetFileError` with one line naming the file and where it was
-expected.
+expected (with ``absent`` set where the files are not there at all).
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ def data_root(params: DatasetParams, dataset: str) -> Path:
     if not root:
         raise DatasetFileError(
             f"{dataset}: no data root; set datasets[].params.data_root in the suite "
-            f"or the environment variable {DATA_ROOT_ENV}"
+            f"or the environment variable {DATA_ROOT_ENV}",
+            absent=True,
         )
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DatasetFileError(f"{dataset}: data root {root} is not a folder")
+        raise DatasetFileError(f"{dataset}: data root {root} is not a folder", absent=True)
     return root
 
 
@@ -53,7 +54,7 @@ def find_file(folders: Sequence[Path], names: Sequence[str], what: str) -> Path:
                 return candidate
     where = folders[0] if len(folders) == 1 else " or ".join(str(f) for f in folders)
     alternatives = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
-    raise DatasetFileError(f"{what}: {names[0]}{alternatives} not found in {where}")
+    raise DatasetFileError(f"{what}: {names[0]}{alternatives} not found in {where}", absent=True)
 
 
 def read_bytes(path: Path) -> bytes:
@@ -131,7 +132,7 @@ def save_npz_atomic(path: Path, **arrays: np.ndarray) -> bool:
     try:
         with os.fdopen(handle, "wb") as stream:
             buffer = io.BytesIO()
-            np.savez(buffer, **arrays)
+            np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as the allow_pickle flag
             stream.write(buffer.getvalue())
         os.replace(temporary, path)
         return True

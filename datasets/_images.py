@@ -27,11 +27,17 @@ def decode_image(path: Path, side: int) -> Tensor:
     """One image as a float tensor (3, side, side) in [-1, 1]."""
     try:
         with Image.open(path) as image:
-            pixels = image.convert("RGB").resize((side, side), Image.BILINEAR)
+            pixels = image.convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
     except DECODE_ERRORS as error:
         raise DatasetFileError(f"{path}: cannot decode image ({error})") from None
     array = np.asarray(pixels, dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous() / 127.5 - 1.0
+
+
+def stand_in_images(batch_size: int, side: int, generator: torch.Generator) -> Tensor:
+    """Stand-in decoded images (batch_size, 3, side, side) float32, uniform in [-1, 1] (the
+    range :func:`decode_image` maps pixels to)."""
+    return torch.rand((batch_size, 3, side, side), generator=generator) * 2.0 - 1.0
 
 
 def verify_images(paths: Sequence[Path]) -> list[bool]:

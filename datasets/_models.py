@@ -108,7 +108,7 @@ class MLPEncoder(nn.Module):
     def __init__(self, in_features: int, hidden: tuple[int, ...]):
         super().__init__()
         layers: list[nn.Module] = []
-        for fan_in, fan_out in zip((in_features, *hidden[:-1]), hidden):
+        for fan_in, fan_out in zip((in_features, *hidden[:-1]), hidden, strict=True):
             layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
         self.layers = nn.Sequential(*layers)
 

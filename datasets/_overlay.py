@@ -133,6 +133,12 @@ class TwoItemOverlay(MultiTaskDataset):
     def taskset(cls, params: DatasetParams) -> TaskSet:
         return TaskSet([TaskSpec(name, "classification", 10) for name in cls.task_names])
 
+    @classmethod
+    def input_shape(cls, params: DatasetParams) -> tuple[int, ...]:
+        """(1, 28, 28); the inputs are standardised, so the default standard-normal stand-in
+        matches their range."""
+        return (1, ITEM_SIDE, ITEM_SIDE)
+
     def build_model(self) -> MultiTaskModel:
         return multi_lenet(ITEM_SIDE, num_tasks=2)
 

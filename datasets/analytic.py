@@ -147,6 +147,17 @@ class Analytic(MultiTaskDataset):
         assert isinstance(params, AnalyticParams)
         return problem_of(params).front()
 
+    @classmethod
+    def input_shape(cls, params: DatasetParams) -> tuple[int, ...]:
+        return (1,)
+
+    @classmethod
+    def stand_in_inputs(
+        cls, params: DatasetParams, batch_size: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Zeros, float64, as :meth:`load`'s constant input (the model ignores it)."""
+        return torch.zeros(batch_size, 1, dtype=torch.float64)
+
     def load(self) -> Splits:
         """The constant batch: one sample, input (1, 1) zeros, targets (1, T) zeros (unused)."""
         num_tasks = problem_of(self.params).num_objectives  # type: ignore[arg-type]

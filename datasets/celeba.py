@@ -26,9 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from mtlbench.datasets._files import data_root
-from mtlbench.datasets._images import ImageFiles, report_skipped, verify_images
+from mtlbench.datasets._images import (
+    ImageFiles,
+    report_skipped,
+    stand_in_images,
+    verify_images,
+)
 from mtlbench.datasets._models import ResNet18Encoder
-from mtlbench.harness.dataset import DatasetFileError, DatasetParams, MultiTaskDataset, Splits
+from mtlbench.harness.dataset import (
+    DatasetFileError,
+    DatasetParams,
+    MultiTaskDataset,
+    Splits,
+)
 from mtlbench.harness.model import MultiTaskModel, StackedMLPHeads
 from mtlbench.harness.registry import register_dataset
 from mtlbench.harness.tasks import TaskSet, TaskSpec
@@ -95,7 +105,7 @@ class CelebAParams(DatasetParams):
 def read_attributes(path: Path) -> tuple[list[str], np.ndarray]:
     """File names and targets (N, 40) in {0, 1} from ``list_attr_celeba.txt``."""
     if not path.is_file():
-        raise DatasetFileError(f"celeba: {path.name} not found in {path.parent}")
+        raise DatasetFileError(f"celeba: {path.name} not found in {path.parent}", absent=True)
     lines = path.read_text().splitlines()
     if len(lines) < 2:
         raise DatasetFileError(f"{path}: expected a count line and an attribute-names line")
@@ -107,7 +117,9 @@ def read_attributes(path: Path) -> tuple[list[str], np.ndarray]:
         ) from None
     names = lines[1].split()
     if names != ATTRIBUTES:
-        differ = next((i for i, (a, b) in enumerate(zip(names, ATTRIBUTES)) if a != b), None)
+        differ = next(
+            (i for i, (a, b) in enumerate(zip(names, ATTRIBUTES, strict=False)) if a != b), None
+        )
         detail = (
             f"{len(names)} names, expected {len(ATTRIBUTES)}"
             if differ is None
@@ -136,7 +148,7 @@ def read_attributes(path: Path) -> tuple[list[str], np.ndarray]:
 def read_partition(path: Path) -> dict[str, int]:
     """File name -> split code (0 train, 1 val, 2 test) from ``list_eval_partition.txt``."""
     if not path.is_file():
-        raise DatasetFileError(f"celeba: {path.name} not found in {path.parent}")
+        raise DatasetFileError(f"celeba: {path.name} not found in {path.parent}", absent=True)
     partition = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         fields = line.split()
@@ -158,6 +170,18 @@ class CelebA(MultiTaskDataset):
     def taskset(cls, params: DatasetParams) -> TaskSet:
         return TaskSet([TaskSpec(name, "classification", 2) for name in ATTRIBUTES])
 
+    @classmethod
+    def input_shape(cls, params: DatasetParams) -> tuple[int, ...]:
+        assert isinstance(params, CelebAParams)
+        return (3, params.image_size, params.image_size)
+
+    @classmethod
+    def stand_in_inputs(
+        cls, params: DatasetParams, batch_size: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        assert isinstance(params, CelebAParams)
+        return stand_in_images(batch_size, params.image_size, generator)
+
     def build_model(self) -> MultiTaskModel:
         params: CelebAParams = self.params  # type: ignore[assignment]
         encoder = ResNet18Encoder(params.image_size, params.width)
@@ -177,11 +201,15 @@ class CelebA(MultiTaskDataset):
             )
         image_folder = folder / IMAGE_FOLDER
         if not image_folder.is_dir():
-            raise DatasetFileError(f"celeba: image folder {IMAGE_FOLDER}/ not found in {folder}")
+            raise DatasetFileError(
+                f"celeba: image folder {IMAGE_FOLDER}/ not found in {folder}", absent=True
+            )
         present = set(os.listdir(image_folder))
         keep = np.array([name in present for name in files], dtype=bool)
         report_skipped(
-            "celeba", f"no image in {image_folder}", [n for n, k in zip(files, keep) if not k]
+            "celeba",
+            f"no image in {image_folder}",
+            [n for n, k in zip(files, keep, strict=True) if not k],
         )
         if params.verify_images:
             index = np.flatnonzero(keep)
@@ -189,7 +217,7 @@ class CelebA(MultiTaskDataset):
             report_skipped(
                 "celeba",
                 "undecodable image data",
-                [files[i] for i, ok in zip(index, readable) if not ok],
+                [files[i] for i, ok in zip(index, readable, strict=True) if not ok],
             )
             keep[index[~np.asarray(readable, dtype=bool)]] = False
         codes = np.array([partition[name] for name in files])

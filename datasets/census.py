@@ -38,12 +38,20 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+from mtlbench.datasets._census_schemas import (
+    ADULT,
+    KDD,
+    SCHEMAS,
+    TASK_RULES,
+    Schema,
+    TaskName,
+    input_columns,
+)
 from mtlbench.datasets._files import carve_validation, data_root, find_file, read_bytes
 from mtlbench.datasets._models import MLPEncoder
 from mtlbench.harness.dataset import DatasetFileError, DatasetParams, MultiTaskDataset, Splits
@@ -53,190 +61,19 @@ from mtlbench.harness.tasks import TaskSet, TaskSpec
 from pydantic import Field, field_validator
 from torch.utils.data import TensorDataset
 
-TaskName = Literal["age", "education", "never_married", "income"]
-EDUCATION_PREFIXES = ("Bachelors", "Some", "Masters", "Asso", "Doctorate", "Prof")
-
-
-def _age_bracket(value: str) -> bool:
-    return float(value) >= 40
-
-
-def _beyond_high_school(value: str) -> bool:
-    return value.startswith(EDUCATION_PREFIXES)
-
-
-def _never_married(value: str) -> bool:
-    return value.replace("-", " ") == "Never married"
-
-
-def _high_income(value: str) -> bool:
-    return value.rstrip(".").strip() in ("50000+", ">50K")
-
-
-@dataclass(frozen=True)
-class Schema:
-    """One file format. columns: names in file order; distinct: values per nominal column in the
-    full training file (from the UCI ``.names`` file: nominal input width without data)."""
-
-    folder: str
-    train_file: str
-    test_file: str
-    columns: tuple[str, ...]
-    continuous: tuple[str, ...]
-    ignored: tuple[str, ...]
-    task_columns: dict[str, tuple[str, ...]]
-    distinct: dict[str, int]
-
-
-TASK_RULES: dict[str, tuple[str, Callable[[str], bool]]] = {
-    "age": ("age", _age_bracket),
-    "education": ("education", _beyond_high_school),
-    "never_married": ("marital_status", _never_married),
-    "income": ("income", _high_income),
-}
-
-KDD = Schema(
-    folder="census",
-    train_file="census-income.data",
-    test_file="census-income.test",
-    columns=[
-        "age",
-        "class_of_worker",
-        "industry_code",
-        "occupation_code",
-        "education",
-        "wage_per_hour",
-        "enrolled_in_education",
-        "marital_status",
-        "major_industry",
-        "major_occupation",
-        "race",
-        "hispanic_origin",
-        "sex",
-        "union_member",
-        "unemployment_reason",
-        "employment_status",
-        "capital_gains",
-        "capital_losses",
-        "dividends",
-        "tax_filer_status",
-        "previous_region",
-        "previous_state",
-        "household_family_status",
-        "household_summary",
-        "instance_weight",
-        "migration_msa",
-        "migration_region",
-        "migration_within_region",
-        "same_house_last_year",
-        "migration_sunbelt",
-        "persons_worked_for_employer",
-        "family_members_under_18",
-        "father_birth_country",
-        "mother_birth_country",
-        "birth_country",
-        "citizenship",
-        "own_business",
-        "veterans_questionnaire",
-        "veterans_benefits",
-        "weeks_worked",
-        "year",
-        "income",
-    ],
-    continuous=[
-        "age",
-        "wage_per_hour",
-        "capital_gains",
-        "capital_losses",
-        "dividends",
-        "persons_worked_for_employer",
-        "weeks_worked",
-    ],
-    ignored=("instance_weight", "income"),
-    task_columns={
-        "age": ("age",),
-        "education": ("education",),
-        "never_married": ("marital_status",),
-        "income": (),
-    },
-    distinct={
-        "class_of_worker": 9,
-        "industry_code": 52,
-        "occupation_code": 47,
-        "education": 17,
-        "enrolled_in_education": 3,
-        "marital_status": 7,
-        "major_industry": 24,
-        "major_occupation": 15,
-        "race": 5,
-        "hispanic_origin": 10,
-        "sex": 2,
-        "union_member": 3,
-        "unemployment_reason": 6,
-        "employment_status": 8,
-        "tax_filer_status": 6,
-        "previous_region": 6,
-        "previous_state": 51,
-        "household_family_status": 38,
-        "household_summary": 8,
-        "migration_msa": 10,
-        "migration_region": 9,
-        "migration_within_region": 10,
-        "same_house_last_year": 3,
-        "migration_sunbelt": 4,
-        "family_members_under_18": 5,
-        "father_birth_country": 43,
-        "mother_birth_country": 43,
-        "birth_country": 43,
-        "citizenship": 5,
-        "own_business": 3,
-        "veterans_questionnaire": 3,
-        "veterans_benefits": 3,
-        "year": 2,
-    },
-)
-
-ADULT = Schema(
-    folder="adult",
-    train_file="adult.data",
-    test_file="adult.test",
-    columns=[
-        "age",
-        "workclass",
-        "fnlwgt",
-        "education",
-        "education_num",
-        "marital_status",
-        "occupation",
-        "relationship",
-        "race",
-        "sex",
-        "capital_gain",
-        "capital_loss",
-        "hours_per_week",
-        "native_country",
-        "income",
-    ],
-    continuous=("age", "education_num", "capital_gain", "capital_loss", "hours_per_week"),
-    ignored=("fnlwgt", "income"),
-    task_columns={
-        "age": ("age",),
-        "education": ("education", "education_num"),
-        "never_married": ("marital_status",),
-        "income": (),
-    },
-    distinct={
-        "workclass": 9,
-        "education": 16,
-        "marital_status": 7,
-        "occupation": 15,
-        "relationship": 6,
-        "race": 5,
-        "sex": 2,
-        "native_country": 42,
-    },
-)
-SCHEMAS = {"kdd": KDD, "adult": ADULT}
+# the column specifications live in _census_schemas; importers of these names from here keep working
+__all__ = [
+    "ADULT",
+    "KDD",
+    "SCHEMAS",
+    "TASK_RULES",
+    "Census",
+    "CensusParams",
+    "Schema",
+    "TaskName",
+    "input_columns",
+    "read_rows",
+]
 
 
 class CensusParams(DatasetParams):
@@ -262,15 +99,6 @@ class CensusParams(DatasetParams):
         if not value or min(value) <= 0:
             raise ValueError("hidden must be a non-empty list of positive widths")
         return value
-
-
-def input_columns(schema: Schema, tasks: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """(continuous, nominal) input columns, in file order, for a choice of tasks."""
-    excluded = set(schema.ignored).union(*(schema.task_columns[t] for t in tasks))
-    kept = [c for c in schema.columns if c not in excluded]
-    return [c for c in kept if c in schema.continuous], [
-        c for c in kept if c not in schema.continuous
-    ]
 
 
 def read_rows(path: Path, width: int) -> list[tuple[int, list[str]]]:
@@ -300,15 +128,38 @@ class Census(MultiTaskDataset):
 
     @classmethod
     def taskset(cls, params: DatasetParams) -> TaskSet:
-        tasks = params.tasks  # type: ignore[attr-defined]
-        return TaskSet([TaskSpec(name, "classification", 2) for name in tasks])
+        assert isinstance(params, CensusParams)
+        return TaskSet([TaskSpec(name, "classification", 2) for name in params.tasks])
 
     def nominal_input_features(self) -> int:
         """Input width on the full published training file (without reading it)."""
-        params: CensusParams = self.params  # type: ignore[assignment]
+        return type(self).input_shape(self.params)[0]
+
+    @classmethod
+    def input_shape(cls, params: DatasetParams) -> tuple[int, ...]:
+        """(inputs,): the continuous input columns plus one one-hot slot per distinct value of
+        each nominal input column in the published training file (``Schema.distinct``), the
+        width :meth:`load` produces from the full files."""
+        assert isinstance(params, CensusParams)
         schema = SCHEMAS[params.source]
         continuous, nominal = input_columns(schema, params.tasks)
-        return len(continuous) + sum(schema.distinct[c] for c in nominal)
+        return (len(continuous) + sum(schema.distinct[c] for c in nominal),)
+
+    @classmethod
+    def stand_in_inputs(
+        cls, params: DatasetParams, batch_size: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Rows encoded as :meth:`load` encodes them: standard normal continuous columns (they
+        are standardised), then for each nominal column one 1 at a uniformly drawn value."""
+        assert isinstance(params, CensusParams)
+        schema = SCHEMAS[params.source]
+        continuous, nominal = input_columns(schema, params.tasks)
+        blocks = [torch.randn(batch_size, len(continuous), generator=generator)]
+        for column in nominal:
+            values = schema.distinct[column]
+            drawn = torch.randint(0, values, (batch_size,), generator=generator)
+            blocks.append(torch.nn.functional.one_hot(drawn, values).float())
+        return torch.cat(blocks, dim=1)
 
     def build_model(self) -> MultiTaskModel:
         """The MLP; its input width is the loaded encoding's, or the nominal one before load()."""

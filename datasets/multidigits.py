@@ -67,6 +67,17 @@ class MultiDigits(MultiTaskDataset):
             [TaskSpec("left", "classification", 10), TaskSpec("right", "classification", 10)]
         )
 
+    @classmethod
+    def input_shape(cls, params: DatasetParams) -> tuple[int, ...]:
+        return (1, CANVAS_SIDE, CANVAS_SIDE)
+
+    @classmethod
+    def stand_in_inputs(
+        cls, params: DatasetParams, batch_size: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Uniform in [0, 1], the range of the canvases."""
+        return torch.rand((batch_size, *cls.input_shape(params)), generator=generator)
+
     def load(self) -> Splits:
         from sklearn.datasets import load_digits
 
@@ -75,10 +86,12 @@ class MultiDigits(MultiTaskDataset):
         labels = digits.target.astype(np.int64)
         order = np.random.default_rng(0).permutation(len(images))
         bounds = np.cumsum([0, *POOL_SIZES.values()])
+        params = self.params
+        assert isinstance(params, MultiDigitsParams)
         counts = {
-            "train": self.params.train_pairs,
-            "val": self.params.val_pairs,
-            "test": self.params.test_pairs,
+            "train": params.train_pairs,
+            "val": params.val_pairs,
+            "test": params.test_pairs,
         }
         splits = {}
         for index, name in enumerate(POOL_SIZES):

@@ -1,6 +1,6 @@
 """``synthetic``: a teacher-generated multi-task classification problem of any size.
 
-Made for scaling studies (``harness/scaling.py``), where the number of tasks and the size of the
+Made for scaling studies (``harness/scaling/``), where the number of tasks and the size of the
 shared encoder must be set freely; generated in memory from a seed, no files.
 
 Data: inputs x ~ N(0, I_d) (d = ``input_features``). A shared random teacher layer
@@ -80,6 +80,12 @@ class Synthetic(MultiTaskDataset):
                 for t in range(params.num_tasks)
             ]
         )
+
+    @classmethod
+    def input_shape(cls, params: DatasetParams) -> tuple[int, ...]:
+        """(input_features,); the inputs are standard normal, as the default stand-in."""
+        assert isinstance(params, SyntheticParams)
+        return (params.input_features,)
 
     def load(self) -> Splits:
         params: SyntheticParams = self.params  # type: ignore[assignment]

@@ -31,9 +31,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from mtlbench.datasets._files import data_root
-from mtlbench.datasets._images import ImageFiles, report_skipped, verify_images
+from mtlbench.datasets._images import (
+    ImageFiles,
+    report_skipped,
+    stand_in_images,
+    verify_images,
+)
 from mtlbench.datasets._models import ResNet18Encoder
-from mtlbench.harness.dataset import DatasetFileError, DatasetParams, MultiTaskDataset, Splits
+from mtlbench.harness.dataset import (
+    DatasetFileError,
+    DatasetParams,
+    MultiTaskDataset,
+    Splits,
+)
 from mtlbench.harness.model import MultiTaskModel, SeparateHeads
 from mtlbench.harness.registry import register_dataset
 from mtlbench.harness.tasks import TaskSet, TaskSpec
@@ -84,6 +94,18 @@ class UTKFace(MultiTaskDataset):
             ]
         )
 
+    @classmethod
+    def input_shape(cls, params: DatasetParams) -> tuple[int, ...]:
+        assert isinstance(params, UTKFaceParams)
+        return (3, params.image_size, params.image_size)
+
+    @classmethod
+    def stand_in_inputs(
+        cls, params: DatasetParams, batch_size: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        assert isinstance(params, UTKFaceParams)
+        return stand_in_images(batch_size, params.image_size, generator)
+
     def build_model(self) -> MultiTaskModel:
         params: UTKFaceParams = self.params  # type: ignore[assignment]
         encoder = ResNet18Encoder(params.image_size, params.width)
@@ -96,7 +118,9 @@ class UTKFace(MultiTaskDataset):
         for name in FOLDER_NAMES:
             if (root / name).is_dir():
                 return root / name
-        raise DatasetFileError(f"utkface: image folder {FOLDER_NAMES[0]}/ not found in {root}")
+        raise DatasetFileError(
+            f"utkface: image folder {FOLDER_NAMES[0]}/ not found in {root}", absent=True
+        )
 
     def labelled_files(self) -> tuple[list[Path], np.ndarray]:
         """Files that parse (and decode, with verify_images) and their labels (N, 3) int."""
@@ -120,10 +144,10 @@ class UTKFace(MultiTaskDataset):
             report_skipped(
                 "utkface",
                 "undecodable image data",
-                [p.name for p, ok in zip(paths, readable) if not ok],
+                [p.name for p, ok in zip(paths, readable, strict=True) if not ok],
             )
-            paths = [p for p, ok in zip(paths, readable) if ok]
-            labels = [label for label, ok in zip(labels, readable) if ok]
+            paths = [p for p, ok in zip(paths, readable, strict=True) if ok]
+            labels = [label for label, ok in zip(labels, readable, strict=True) if ok]
         if not paths:
             raise DatasetFileError(
                 f"utkface: no usable age_gender_race_datetime.jpg image in {folder}"

@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from mtlbench.harness.data import TrainingBatches
     from mtlbench.harness.divergence import DivergenceWatch
     from mtlbench.harness.method import Method
+    from mtlbench.harness.run_result import RunResult
     from mtlbench.harness.suite import RunSpec
-    from mtlbench.harness.trainer import RunResult
 
 DEFAULT_CHECKPOINT_SECONDS = 600.0
 
@@ -215,7 +215,7 @@ class RunCheckpoints:
             path = self.directory / f"step_{sidecar['step']:08d}.pt"
             try:
                 return torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as error:  # noqa: BLE001 - any damage: fall back to the previous one
+            except Exception as error:  # any damage: fall back to the previous one
                 _warn(f"skipping damaged checkpoint {path}: {type(error).__name__}: {error}")
         return None
 

@@ -6,12 +6,15 @@ line on stderr naming the field or file and the problem, and exit code 2.
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from mtlbench.harness.config import ConfigError, load_suite
+from mtlbench.harness.registry import LOOKUP_ERRORS
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -32,11 +35,23 @@ class _OneLineErrors(typer.core.TyperGroup):
     the wrong type, a missing argument) is one line, ``mtlbench: error: ...``, and exit code 2,
     like every other user error, instead of Typer's multi-line usage panel."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        # always click's non-standalone mode: its errors come here, to be written as one line
+        outcome_of = functools.partial(
+            super().main, args, prog_name, complete_var, False, windows_expand_args, **extra
+        )
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return outcome_of()
         try:
-            outcome = super().main(*args, standalone_mode=False, **kwargs)
+            outcome = outcome_of()
         except _NO_ARGS as error:
             error.show()  # type: ignore[attr-defined]
             sys.exit(error.exit_code)  # type: ignore[attr-defined]
@@ -52,9 +67,27 @@ console = Console(stderr=True)
 USER_ERRORS = (ConfigError,)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"mtlbench: error: {message}", err=True)
     raise typer.Exit(code=2)
+
+
+PLUGIN_HELP = (
+    "a module registering methods, datasets or engines, imported first (repeatable); looked up "
+    "in the suite's folder, the working directory, then sys.path"
+)
+
+
+def _import_plugins(plugins: list[str] | None, suite_path: Path | None) -> list[str]:
+    """Import the ``--plugin`` modules (ConfigError naming ``--plugin`` if one fails)."""
+    from mtlbench.harness.plugins import PluginError, import_plugins
+
+    folder = suite_path.resolve().parent if suite_path is not None else None
+    try:
+        import_plugins(plugins or [], folder)
+    except PluginError as error:
+        raise ConfigError(f"--plugin: {error}") from None
+    return list(plugins or [])
 
 
 @app.command()
@@ -64,7 +97,9 @@ def run(
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (default: SQLite under results)"
     ),
-    executor: str | None = typer.Option(None, help="override executor.kind: local | ray"),
+    executor: str | None = typer.Option(
+        None, help="override executor.kind: local, ray or a plugin's executor"
+    ),
     address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)"),
     leaderboard: bool = typer.Option(True, help="rebuild the leaderboard afterwards"),
     progress: bool = typer.Option(True, help="show progress bars"),
@@ -73,6 +108,7 @@ def run(
         metavar="SECONDS",
         help="without progress bars (--no-progress or no terminal): one progress line this often",
     ),
+    plugin: list[str] | None = typer.Option(None, metavar="MODULE", help=PLUGIN_HELP),
 ) -> None:
     """Run every (method, dataset, seed) of SUITE not already recorded.
 
@@ -83,16 +119,19 @@ def run(
     from mtlbench.harness.dataset import DatasetFileError
     from mtlbench.harness.leaderboard import build_leaderboard
     from mtlbench.harness.preflight import preflight
+    from mtlbench.harness.registry import EXECUTORS
     from mtlbench.harness.runner import run_suite
 
     try:
-        if executor is not None and executor not in ("local", "ray"):
-            raise ConfigError(f"--executor: expected local or ray, got {executor!r}")
         if not report_every > 0 or report_every == float("inf"):
             raise ConfigError(
                 f"--report-every: expected a positive number of seconds, got {report_every:g}"
             )
-        suite = load_suite(suite_path)
+        plugins = _import_plugins(plugin, suite_path)
+        if executor is not None and executor not in EXECUTORS:
+            known = ", ".join(EXECUTORS.names())
+            raise ConfigError(f"--executor: unknown executor {executor!r} (known: {known})")
+        suite = load_suite(suite_path, plugins)
         if address:
             suite = suite.model_copy(
                 update={"executor": suite.executor.model_copy(update={"address": address})}
@@ -126,57 +165,12 @@ def run(
 
 
 @app.command()
-def submit(
-    suite_path: Path = typer.Argument(
-        ..., metavar="SUITE", help="suite YAML file inside the project"
-    ),
-    address: str | None = typer.Option(
-        None,
-        help="Ray job server (dashboard) address, e.g. http://head:8265 (default: RAY_ADDRESS)",
-    ),
-    results_dir: str | None = typer.Option(
-        None,
-        help="results folder, on storage every node sees (e.g. /mnt/efs/mtlbench-results with the ray-up recipe) so a retried run finds its checkpoints [default: $HOME/mtlbench-results]",
-    ),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI the job writes to"),
-    working_dir: Path | None = typer.Option(
-        None, help="folder uploaded as the job's working dir [default: the project]"
-    ),
-    ship_code: bool = typer.Option(
-        True, help="ship this checkout's code with the job (py_modules)"
-    ),
-    dry_run: bool = typer.Option(
-        False, help="print the job (JSON) and the equivalent `ray job submit`; send nothing"
-    ),
-) -> None:
-    """Run SUITE on a Ray cluster as a Ray job (`ray job submit`), the project as working dir."""
-    import json
-
-    from mtlbench.cluster.submit import SubmitError, build_submission
-    from mtlbench.cluster.submit import submit as send
-
-    try:
-        job = build_submission(
-            suite_path, address, results_dir, tracking_uri, working_dir, ship_code
-        )
-    except (ConfigError, SubmitError) as error:
-        _fail(str(error))
-    if dry_run:
-        typer.echo(json.dumps(job.describe(), indent=2))
-        return
-    submission_id = send(job)
-    where = f" --address {address}" if address else ""
-    typer.echo(submission_id)
-    console.print(f"submitted; follow it with: ray job logs --follow {submission_id}{where}")
-
-
-@app.command()
 def leaderboard(
     results_dir: Path = typer.Option(Path("results"), help="folder holding runs/ (Parquet)"),
 ) -> None:
     """Build results/leaderboard/index.md and index.html from the Parquet table."""
     from mtlbench.harness.leaderboard import build_leaderboard
-    from mtlbench.harness.scaling_report import build_scaling_page
+    from mtlbench.harness.scaling import build_scaling_page
 
     if not (results_dir / "runs").is_dir() and not (results_dir / "scaling").is_dir():
         _fail(f"{results_dir / 'runs'}: no recorded runs there (run a suite first)")
@@ -198,13 +192,15 @@ def scale(
     ),
     device: str | None = typer.Option(None, help="override device: cpu | cuda | auto"),
     axis: list[str] | None = typer.Option(None, help="sweep only this axis (repeatable)"),
+    plugin: list[str] | None = typer.Option(None, metavar="MODULE", help=PLUGIN_HELP),
 ) -> None:
-    """Sweep a scaling study (shared parameters, tasks, workers); write its table and page."""
+    """Sweep a scaling study (shared parameters, tasks, workers, datasets); write its table and
+    page."""
     from mtlbench.harness.runner import ensure_writable
-    from mtlbench.harness.scaling import AXES, load_study, run_study
-    from mtlbench.harness.scaling_report import build_scaling_page
+    from mtlbench.harness.scaling import AXES, build_scaling_page, load_study, run_study
 
     try:
+        _import_plugins(plugin, study_path)
         study = load_study(study_path)
         if device:
             if device not in ("cpu", "cuda", "auto"):
@@ -236,6 +232,7 @@ def status(
         None, help="MLflow store to look for running runs: sqlite:///FILE or a server URL"
     ),
     as_json: bool = typer.Option(False, "--json", help="print the status as JSON (for scripts)"),
+    plugin: list[str] | None = typer.Option(None, metavar="MODULE", help=PLUGIN_HELP),
 ) -> None:
     """List each run of SUITE: done, running, resumable at step k of about n, failed, or not
     started. Reads the run table, the checkpoints and the MLflow store; changes nothing."""
@@ -244,7 +241,8 @@ def status(
     from mtlbench.harness.status import suite_status
 
     try:
-        report = suite_status(load_suite(suite_path), results_dir, tracking_uri)
+        plugins = _import_plugins(plugin, suite_path)
+        report = suite_status(load_suite(suite_path, plugins), results_dir, tracking_uri)
     except ConfigError as error:
         _fail(str(error))
     for warning in report.warnings:
@@ -265,21 +263,34 @@ def status(
 
 
 @app.command()
-def info() -> None:
-    """List registered methods, datasets (tasks, default model size) and gradient engines."""
-    from mtlbench.harness.catalog import method_catalog
-    from mtlbench.harness.gradients import engine_names
-    from mtlbench.harness.model import count_parameters
-    from mtlbench.harness.registry import DATASETS
+def info(
+    plugin: list[str] | None = typer.Option(None, metavar="MODULE", help=PLUGIN_HELP),
+) -> None:
+    """List registered methods, datasets (tasks, default model size), gradient engines and
+    executors (with ``--plugin``: a plugin's too)."""
+    from mtlbench.harness.registry import EXECUTORS
 
+    try:
+        _import_plugins(plugin, None)
+    except ConfigError as error:
+        _fail(str(error))
     out = Console()
-    methods = Table(title="methods")
-    methods.add_column("name", no_wrap=True)  # names are what a suite types: never folded
+    out.print(_methods_table())
+    out.print(_datasets_table())
+    out.print(_engines_table())
+    out.print("executors: " + ", ".join(EXECUTORS.names()))
+
+
+def _methods_table() -> Table:
+    from mtlbench.harness.catalog import method_catalog
+
+    table = Table(title="methods")
+    table.add_column("name", no_wrap=True)  # names are what a suite types: never folded
     for column in ("family", "paper", "consumes", "per-step cost", "engines", "parameters"):
-        methods.add_column(column)
+        table.add_column(column)
     for entry in method_catalog():
         engines = f"{entry.engines} (default {entry.default_engine})"
-        methods.add_row(
+        table.add_row(
             entry.name,
             entry.family,
             entry.paper,
@@ -288,22 +299,56 @@ def info() -> None:
             engines,
             entry.parameters,
         )
-    out.print(methods)
-    datasets = Table(title="datasets")
-    datasets.add_column("name", no_wrap=True)
+    return table
+
+
+def _datasets_table() -> Table:
+    from mtlbench.harness.model import count_parameters
+    from mtlbench.harness.registry import DATASETS
+
+    table = Table(title="datasets")
+    table.add_column("name", no_wrap=True)
     for column in ("tasks", "default model", "parameters (shared / heads)"):
-        datasets.add_column(column)
+        table.add_column(column)
     for name, cls in DATASETS.items():
         params = cls.Params()
         tasks = ", ".join(f"{t.name} ({t.kind})" for t in cls.taskset(params))
         try:
             model = cls(params).build_model()
             size = f"{count_parameters(model.encoder):,} / {count_parameters(model.heads):,}"
-        except Exception as error:  # noqa: BLE001 - info must list every dataset
+        except Exception as error:  # any failure: info must list every dataset
             size = f"(unavailable: {error})"
-        datasets.add_row(name, tasks, cls.model_description, size)
-    out.print(datasets)
-    out.print("engines: " + ", ".join(engine_names()))
+        table.add_row(name, tasks, cls.model_description, size)
+    return table
+
+
+def _engines_table() -> Table:
+    from mtlbench.harness.catalog import engine_catalog
+
+    table = Table(title="gradient engines")
+    for column in ("name", "what it is", "engine_options (default)"):
+        table.add_column(column, no_wrap=column == "name")
+    for engine in engine_catalog():
+        options = ", ".join(f"{option.name}={option.default}" for option in engine.options)
+        table.add_row(engine.name, engine.summary or engine.error, options or "none")
+    return table
+
+
+def _add_package_commands() -> None:
+    """Add the commands other packages declare in the ``mtlbench.commands`` entry-point group
+    (mtlbench's own ``submit``, from the cluster package): ``name = "module:typer_command"``."""
+    from mtlbench.harness.registry import COMMANDS
+
+    for name in COMMANDS.names():
+        try:
+            command = COMMANDS.get(name)
+        except LOOKUP_ERRORS as error:  # one broken package must not take the CLI down
+            typer.echo(f"mtlbench: warning: {error}", err=True)
+            continue
+        app.command(name)(command)
+
+
+_add_package_commands()
 
 
 def main() -> None:

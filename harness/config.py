@@ -5,30 +5,23 @@ every run, the training protocol, which checkpoint is scored, the executor and w
 Errors are :class:`ConfigError` with one line naming the file, the field and the problem.
 Everything the suite alone decides is checked here, before any run starts: the YAML itself (UTF-8,
 no key given twice), every field's type and range, seeds (unique, in the range NumPy's legacy
-seeding accepts), finite budgets, each method's and dataset's own parameters, and each method's
-``engine_options`` against its engine's constructor. What depends on this machine (a CUDA device,
-the FLOPs of one training step) is :mod:`mtlbench.harness.preflight`.
+seeding accepts), finite budgets, each method's and dataset's own parameters, each method's
+``engine_options`` against its engine's ``options_model``, and the executor's name. The suite's
+``plugins`` are imported first, so the names they register are known. What depends on this
+machine (a CUDA device, the FLOPs of one training step) is :mod:`mtlbench.harness.preflight`.
 """
 
 from __future__ import annotations
 
-import inspect
-import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from mtlbench.harness.method import TrainingConfig
-from mtlbench.harness.registry import DATASETS, METHODS, UnknownName
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    create_model,
-    field_validator,
-    model_validator,
-)
+from mtlbench.harness.plugins import PluginError, import_plugins
+from mtlbench.harness.registry import DATASETS, ENGINES, EXECUTORS, LOOKUP_ERRORS, METHODS
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # ``np.random.seed`` (called by the trainer's ``seed_everything``) accepts 0 <= seed < 2**32; the
 # other RNGs it seeds (``random``, ``torch.manual_seed``, the shuffle's ``torch.Generator``)
@@ -84,10 +77,11 @@ class DatasetEntry(_Strict):
 
 
 class ExecutorConfig(_Strict):
-    """kind: ``local`` (in-process) or ``ray``; address: a Ray cluster (None: start one locally);
-    cpus_per_run / gpus_per_run: resources each run asks of Ray; max_concurrent_runs: bound."""
+    """kind: a registered executor, ``local`` (in-process) or ``ray``; address: a Ray cluster
+    (None: start one locally); cpus_per_run / gpus_per_run: resources each run asks of Ray;
+    max_concurrent_runs: bound; max_retries: Ray retries of a run whose worker died."""
 
-    kind: Literal["local", "ray"] = "local"
+    kind: str = Field("local", min_length=1)
     address: str | None = None
     cpus_per_run: float = Field(1.0, gt=0)
     gpus_per_run: float = Field(0.0, ge=0)
@@ -106,9 +100,11 @@ class OutputConfig(_Strict):
 
 class SuiteConfig(_Strict):
     """The whole suite. scoring: ``final`` (last checkpoint) or ``best_val`` (the checkpoint with
-    the best validation hypervolume); device: ``cpu``, ``cuda`` or ``auto``."""
+    the best validation hypervolume); device: ``cpu``, ``cuda`` or ``auto``; plugins: modules
+    imported before the names are looked up (:mod:`mtlbench.harness.plugins`)."""
 
     name: str = Field(min_length=1)
+    plugins: list[str] = Field(default_factory=list)
     methods: list[MethodEntry] = Field(min_length=1)
     datasets: list[DatasetEntry] = Field(min_length=1)
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
@@ -145,109 +141,112 @@ def _first_error(error: ValidationError, prefix: str = "") -> str:
     return f"{where}: {message}"
 
 
-def parse_suite(data: Any, source: str = "suite") -> SuiteConfig:
-    """Validate a loaded YAML mapping, including each method's and dataset's own parameters."""
+def parse_suite(
+    data: Any,
+    source: str = "suite",
+    extra_plugins: Sequence[str] = (),
+    suite_folder: Path | None = None,
+) -> SuiteConfig:
+    """Validate a loaded YAML mapping, including each method's and dataset's own parameters.
+
+    The suite's ``plugins`` (then ``extra_plugins``, e.g. from ``--plugin``, already imported by
+    the caller) are imported first, searched in ``suite_folder``, the working directory and
+    ``sys.path`` (:mod:`mtlbench.harness.plugins`); the suite returned lists both.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the suite must be a YAML mapping, got {type(data).__name__}")
     try:
         suite = SuiteConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(f"{source}: {_first_error(error)}") from None
-    from mtlbench.harness.gradients import engine_names
-
-    tasksets = {}
-    for index, entry in enumerate(suite.datasets):
-        field = f"datasets[{index}]"
+    for index, module in enumerate(suite.plugins):
         try:
-            dataset_cls = DATASETS.get(entry.name)
-            dataset_params = dataset_cls.Params.model_validate(entry.params)
-        except UnknownName as error:
-            raise ConfigError(f"{source}: {field}.name: {error}") from None
-        except ValidationError as error:
-            raise ConfigError(f"{source}: {_first_error(error, field + '.params')}") from None
-        tasksets[index] = dataset_cls.taskset(dataset_params)
-    labels = set()
+            import_plugins([module], suite_folder)
+        except PluginError as error:
+            raise ConfigError(f"{source}: plugins[{index}]: {error}") from None
+    plugins = list(dict.fromkeys([*suite.plugins, *extra_plugins]))
+    suite = suite.model_copy(update={"plugins": plugins})
+    tasksets = [
+        _checked_dataset(entry, f"{source}: datasets[{index}]")
+        for index, entry in enumerate(suite.datasets)
+    ]
+    labels: set[str] = set()
     for index, entry in enumerate(suite.methods):
-        field = f"methods[{index}]"
-        try:
-            method_cls = METHODS.get(entry.name)
-            method_params = method_cls.Params.model_validate(entry.params)
-        except UnknownName as error:
-            raise ConfigError(f"{source}: {field}.name: {error}") from None
-        except ValidationError as error:
-            raise ConfigError(f"{source}: {_first_error(error, field + '.params')}") from None
-        engine = entry.engine or method_cls.default_engine
-        if engine not in engine_names():
-            known = ", ".join(engine_names())
-            raise ConfigError(
-                f"{source}: {field}.engine: unknown engine {engine!r} (known: {known})"
-            )
-        if method_cls.engines is not None and engine not in method_cls.engines:
-            raise ConfigError(
-                f"{source}: {field}.engine: method {entry.name!r} does not run on {engine!r} "
-                f"(it runs on: {', '.join(method_cls.engines)})"
-            )
-        problem = engine_options_problem(engine, entry.engine_options)
-        if problem:
-            raise ConfigError(f"{source}: {field}.engine_options{problem}")
-        for taskset in tasksets.values():
-            try:
-                method_cls.check(method_params, taskset)
-            except ValueError as error:
-                raise ConfigError(f"{source}: {field}.params: {error}") from None
+        field = f"{source}: methods[{index}]"
+        _check_method(entry, field, tasksets)
         label = entry.label or entry.name
         if label in labels:
-            raise ConfigError(f"{source}: {field}.label: {label!r} is used twice; give a label")
+            raise ConfigError(f"{field}.label: {label!r} is used twice; give a label")
         labels.add(label)
+    _check_executor(suite.executor.kind, f"{source}: executor.kind")
     return suite
 
 
-# The parameters every engine constructor takes before its options (see harness.gradients).
-_ENGINE_ARGUMENTS = 4
+def _checked_dataset(entry: DatasetEntry, field: str) -> Any:
+    """The task set of a dataset entry whose name and parameters are valid (ConfigError else)."""
+    try:
+        dataset_cls = DATASETS.get(entry.name)
+        dataset_params = dataset_cls.Params.model_validate(entry.params)
+    except LOOKUP_ERRORS as error:
+        raise ConfigError(f"{field}.name: {error}") from None
+    except ValidationError as error:
+        raise ConfigError(_first_error(error, field + ".params")) from None
+    return dataset_cls.taskset(dataset_params)
 
 
-def _engine_options_model(factory: Any) -> type[BaseModel] | None:
-    """A pydantic model of the keyword options ``factory`` accepts (unknown ones forbidden), read
-    from its signature and annotations; None if it takes no options.
+def _check_method(entry: MethodEntry, field: str, tasksets: list[Any]) -> None:
+    """A method entry's name, parameters (also against each task set), engine and options."""
+    try:
+        method_cls = METHODS.get(entry.name)
+        method_params = method_cls.Params.model_validate(entry.params)
+    except LOOKUP_ERRORS as error:
+        raise ConfigError(f"{field}.name: {error}") from None
+    except ValidationError as error:
+        raise ConfigError(_first_error(error, field + ".params")) from None
+    engine = entry.engine or method_cls.default_engine
+    if engine not in ENGINES:
+        known = ", ".join(ENGINES.names())
+        raise ConfigError(f"{field}.engine: unknown engine {engine!r} (known: {known})")
+    if method_cls.engines is not None and engine not in method_cls.engines:
+        raise ConfigError(
+            f"{field}.engine: method {entry.name!r} does not run on {engine!r} "
+            f"(it runs on: {', '.join(method_cls.engines)})"
+        )
+    try:
+        problem = engine_options_problem(engine, entry.engine_options)
+    except LOOKUP_ERRORS as error:
+        raise ConfigError(f"{field}.engine: {error}") from None
+    if problem:
+        raise ConfigError(f"{field}.engine_options{problem}")
+    for taskset in tasksets:
+        try:
+            method_cls.check(method_params, taskset)
+        except ValueError as error:
+            raise ConfigError(f"{field}.params: {error}") from None
 
-    An engine whose constructor takes ``**options`` validates them with the pydantic model of
-    its ``options_model`` class attribute (the DeepSpeed engine's ``DeepSpeedOptions``); without
-    one, ``**options`` takes none (the ``loop`` engine refuses any).
-    """
-    parameters = list(inspect.signature(factory).parameters.values())[_ENGINE_ARGUMENTS:]
-    declared = getattr(factory, "options_model", None)
-    if declared is not None and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return declared
-    hints = typing.get_type_hints(getattr(factory, "__init__", factory))
-    fields: dict[str, Any] = {
-        p.name: (hints.get(p.name, Any), p.default if p.default is not p.empty else ...)
-        for p in parameters
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    }
-    if not fields:
-        return None
-    # strict: the constructor receives the suite's values as written, so "4" is no int
-    config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
-    return create_model("EngineOptions", __config__=config, **fields)
+
+def _check_executor(kind: str, field: str) -> None:
+    """The executor is registered and its module imports (Ray is imported, not started)."""
+    try:
+        EXECUTORS.get(kind)
+    except LOOKUP_ERRORS as error:
+        raise ConfigError(f"{field}: {error}") from None
 
 
 def engine_options_problem(engine: str, options: dict[str, Any]) -> str:
     """'' if ``engine`` accepts ``options``, else the problem as ``.<option>: <what is wrong>``.
 
-    Cluster engines are imported for their signature (Ray is imported, not started).
+    Options are validated against the engine class's ``options_model`` (None: it takes none), in
+    strict mode: the engine receives the suite's values as written, so ``"4"`` is no int. A
+    cluster engine's module is imported for its model (Ray is imported, not started); one that
+    cannot be imported raises RegistryImportError.
     """
-    from mtlbench.harness.gradients import get_engine
-
-    try:
-        factory = get_engine(engine)
-    except ImportError as error:
-        return f": engine {engine!r} cannot be imported here: {error}"
-    model = _engine_options_model(factory)
+    model = getattr(ENGINES.get(engine), "options_model", None)
     if model is None:
         return f".{next(iter(options))}: engine {engine!r} takes no options" if options else ""
     known = ", ".join(model.model_fields) or "none"
     try:
-        model.model_validate(options)
+        model.model_validate(options, strict=True)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
@@ -313,6 +312,10 @@ def read_yaml(path: Path | str, what: str = "suite") -> Any:
     return data
 
 
-def load_suite(path: Path | str) -> SuiteConfig:
-    """Read and validate a suite YAML file."""
-    return parse_suite(read_yaml(path, "suite"), str(path))
+def load_suite(path: Path | str, extra_plugins: Sequence[str] = ()) -> SuiteConfig:
+    """Read and validate a suite YAML file; its plugins are searched first in its folder.
+
+    extra_plugins: modules already imported by the caller (``--plugin``), added to the suite's.
+    """
+    data = read_yaml(path, "suite")
+    return parse_suite(data, str(path), extra_plugins, Path(path).resolve().parent)

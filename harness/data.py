@@ -10,7 +10,7 @@ the data order exactly without loading (or replaying) a single sample of the bat
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from typing import Any
 
 import torch
@@ -18,6 +18,17 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
 
 Batch = tuple[Tensor, Tensor]
+
+
+def sample_count(dataset: Dataset) -> int:
+    """Number of samples in ``dataset``, which must be map-style (sized).
+
+    torch's ``Dataset`` declares no ``__len__`` (an iterable-style dataset may have none); every
+    split a dataset of mtlbench returns has one, and this says so if one does not.
+    """
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"a split must be a sized (map-style) dataset: {type(dataset).__name__}")
+    return len(dataset)
 
 
 class TrainingBatches(Iterator[Batch]):
@@ -46,7 +57,7 @@ class TrainingBatches(Iterator[Batch]):
         if isinstance(dataset, TensorDataset):
             inputs, targets = dataset.tensors
             self.tensors = (inputs.to(device), targets.to(device))
-        count = len(dataset)  # type: ignore[arg-type]
+        count = sample_count(dataset)
         if count < batch_size:
             raise ValueError(f"the training split has {count} samples, fewer than batch_size")
         self.epoch_start_rng: Tensor = self.generator.get_state()

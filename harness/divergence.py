@@ -104,7 +104,7 @@ class DivergenceWatch:
 
 def trained_tensors(method: Method) -> list[torch.Tensor]:
     """The model's parameters and anything else the optimizer updates (UW's, FAMO's own)."""
-    tensors = list(method.model.parameters())
+    tensors: list[torch.Tensor] = list(method.model.parameters())
     seen = {id(t) for t in tensors}
     for group in getattr(method.optimizer, "param_groups", []):
         for tensor in group["params"]:
@@ -126,5 +126,5 @@ def mean_loss_now(method: Method, taskset: TaskSet, batch: Batch) -> float | Non
         losses = taskset.per_sample_losses(model(inputs), targets).double().mean()
         model.train(was_training)
         return float(losses)
-    except Exception:  # noqa: BLE001 - only a diagnosis of a failure already being recorded
+    except Exception:  # only a diagnosis of a failure already being recorded
         return None

@@ -16,6 +16,7 @@ from mtlbench.harness.dataset import Splits
 from mtlbench.harness.method import Method
 from mtlbench.harness.metrics import HypervolumeResult, hypervolume
 from mtlbench.harness.tasks import TaskSet
+from torch.utils.data import Dataset
 
 EVAL_BATCH_SIZE = 1024
 
@@ -38,7 +39,7 @@ class SolutionResult:
 
 @torch.no_grad()
 def evaluate_model(
-    model: torch.nn.Module, taskset: TaskSet, split, device: torch.device
+    model: torch.nn.Module, taskset: TaskSet, split: Dataset, device: torch.device
 ) -> tuple[list[float], list[float], list[float]]:
     """Mean per-task loss, metric and objective over a split: three lists of length T."""
     was_training = model.training
@@ -54,7 +55,7 @@ def evaluate_model(
     model.train(was_training)
     losses = (loss_sum / count).tolist()
     metrics = (metric_sum / count).tolist()
-    objectives = [task.objective(value) for task, value in zip(taskset, metrics)]
+    objectives = [task.objective(value) for task, value in zip(taskset, metrics, strict=True)]
     return losses, metrics, objectives
 
 

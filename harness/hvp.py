@@ -85,7 +85,10 @@ def load_parameter_vector(model: nn.Module, vector: Tensor) -> None:
 
 def _flatten(pieces: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:
     return torch.cat(
-        [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(pieces, params)]
+        [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for g, p in zip(pieces, params, strict=True)
+        ]
     )
 
 
@@ -158,7 +161,7 @@ def _heads_jacobian(task_losses: Tensor, heads: Sequence[Tensor]) -> Tensor:
                 (g if g is not None else torch.zeros((len(task_losses), *p.shape)).to(p)).reshape(
                     len(task_losses), -1
                 )
-                for g, p in zip(grads, heads)
+                for g, p in zip(grads, heads, strict=True)
             ],
             dim=1,
         )
@@ -223,8 +226,8 @@ def build_hvp(
     from torch.func import functional_call, grad, jvp, vjp
 
     names = full_parameter_names(model)
-    primals = {name: p.detach() for name, p in zip(names, params)}
-    fixed = {name: b for name, b in model.named_buffers()}
+    primals = {name: p.detach() for name, p in zip(names, params, strict=True)}
+    fixed = dict(model.named_buffers())
     fixed.update({n: p.detach() for n, p in model.named_parameters() if not p.requires_grad})
 
     def loss_of(trainable: dict[str, Tensor]) -> Tensor:
@@ -235,14 +238,15 @@ def build_hvp(
     gradient_of = grad(loss_of)
 
     def as_dict(vector: Tensor) -> dict[str, Tensor]:
-        return dict(zip(names, _unflatten(vector, params)))
+        return dict(zip(names, _unflatten(vector, params), strict=True))
 
     def as_vector(pieces: dict[str, Tensor]) -> Tensor:
         return torch.cat([pieces[name].reshape(-1) for name in names])
 
     if variant == "vjp_grad":
         with torch.enable_grad():
-            _, pullback = vjp(gradient_of, primals)
+            # vjp's return type is a union over has_aux (no overload): index, not unpack
+            pullback = vjp(gradient_of, primals)[1]
         return lambda vector: as_vector(pullback(as_dict(vector))[0])
     if variant == "jvp_grad":
         return lambda vector: as_vector(jvp(gradient_of, (primals,), (as_dict(vector),))[1])

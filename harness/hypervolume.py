@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import moocore
 import numpy as np
+import numpy.typing as npt
 
 EXACT = "exact"
 EXACT_PRODUCT = "exact-product"
@@ -149,7 +150,7 @@ def moocore_is_cheap(points: int, dimensions: int) -> bool:
     return dimensions <= MOOCORE_MAX_DIMENSIONS and points <= INCLUSION_EXCLUSION_MAX_BOXES
 
 
-def input_seed(*arrays_or_numbers) -> int:
+def input_seed(*arrays_or_numbers: npt.ArrayLike) -> int:
     """A 64-bit seed from the bytes of the inputs (float64), so equal inputs draw equally."""
     digest = hashlib.sha256()
     for item in arrays_or_numbers:
@@ -173,7 +174,7 @@ def union_volume_inclusion_exclusion(lower: np.ndarray, upper: np.ndarray) -> fl
     subset_lower = np.full((1, dimensions), -np.inf)
     subset_upper = np.full((1, dimensions), np.inf)
     subset_size = np.zeros(1, dtype=np.int64)
-    for box_lower, box_upper in zip(lower, upper):
+    for box_lower, box_upper in zip(lower, upper, strict=True):
         subset_lower = np.concatenate([subset_lower, np.maximum(subset_lower, box_lower)])
         subset_upper = np.concatenate([subset_upper, np.minimum(subset_upper, box_upper)])
         subset_size = np.concatenate([subset_size, subset_size + 1])

@@ -104,7 +104,7 @@ class Page:
         """Run ``build``; if it fails, say so in one line naming ``name`` and the error."""
         try:
             build()
-        except Exception as error:  # noqa: BLE001 - one broken table must not lose the page
+        except Exception as error:  # one broken table must not lose the page
             message = str(error).splitlines()[0] if str(error) else ""
             self.paragraph(
                 f"Table '{name}' could not be built: {type(error).__name__}: {message}", "error"
@@ -162,84 +162,123 @@ def _estimator_note(group: list[Row]) -> str:
 def _group_section(
     page: Page, group: ProtocolGroup, evaluations: list[Row], summaries_out: dict
 ) -> None:
-    from mtlbench.harness.leaderboard_plots import plot_anytime, plot_fronts
-    from mtlbench.harness.leaderboard_truth import true_front, truth_table
-
+    """One protocol's section: its ranking (its summaries go to ``summaries_out[heading]``),
+    the comparison with the true front, the fronts' plot and the anytime view, each guarded."""
     heading, rows = group.heading, group.rows
     page.heading(heading)
     page.paragraph(f"Protocol: {group.protocol.description()}.")
-    known_front: list[np.ndarray] = []  # the dataset's true front, if it declares one
-
-    def lookup() -> None:
-        front = true_front(rows[0])
-        if front is not None:
-            known_front.append(front)
-
-    page.guarded(f"true front, {heading}", lookup)
+    known_front = _true_front(page, group)
     # a minimised objective is a regression MAE on learning datasets, the objective itself on
     # analytic problems (those that know their front)
-    minimised = "objective" if known_front else "MAE"
-    task_names = rows[0]["task_names"] or []
-    objective_names = [
-        f"{n} test {('error' if h else minimised)}"
-        for n, h in zip(task_names, rows[0]["higher_is_better"] or [])
-    ]
-    summaries: list[MethodSummary] = []
+    objective_names = _objective_names(rows[0], "MAE" if known_front is None else "objective")
+    summaries: list[MethodSummary] = []  # filled by the ranking, reused by the tables after it
 
     def ranking() -> None:
         summaries.extend(method_summaries(rows))
         page.table(ranking_table(summaries, "Ranking at the end of the budget"))
         summaries_out[heading] = summaries
-        references = ", ".join(fmt(v) for v in rows[0]["hv_reference"] or [])
-        baselines = sorted({h for r in rows for h in (r["delta_m_baseline_runs"] or [])})
-        rules = sorted({r["selection_rule"] for r in rows if r.get("selection_rule")})
-        page.paragraph(
-            f"Hypervolume of test objectives ({', '.join(objective_names)}), reference point "
-            f"({references}); estimator: {_estimator_note(rows)}; scored checkpoint: "
-            f"{rows[0]['scoring']}. Selected solution: {'; '.join(rules) or '—'}. Δm% against "
-            f"baseline runs {', '.join(baselines) if baselines else '(none recorded)'}."
-        )
+        page.paragraph(_ranking_note(rows, objective_names))
 
     page.guarded(f"ranking, {heading}", ranking)
-
-    def truth() -> None:
-        if not known_front:
-            return
-        table = truth_table(
-            summaries or method_summaries(rows),
-            known_front[0],
-            list(rows[0]["hv_reference"] or []),
-            "Against the true Pareto front",
+    if known_front is not None:
+        page.guarded(
+            f"against the true front, {heading}", lambda: _truth(page, rows, summaries, known_front)
         )
-        page.table(table)
-
-    page.guarded(f"against the true front, {heading}", truth)
-
-    def fronts() -> None:
-        image = page.folder / f"{group.stem}.png"
-        plot_fronts(
-            summaries or method_summaries(rows),
-            heading,
-            image,
-            objective_names,
-            known_front[0] if known_front else None,
-        )
-        page.image(image, "fronts")
-
-    page.guarded(f"fronts plot, {heading}", fronts)
+    page.guarded(
+        f"fronts plot, {heading}",
+        lambda: _fronts(page, group, summaries, objective_names, known_front),
+    )
     points = group.evaluations(evaluations)
+    page.guarded(f"anytime, {heading}", lambda: _anytime(page, group, points))
 
-    def anytime() -> None:
-        page.table(
-            anytime_table(points, "Anytime: test hypervolume at 25%, 50%, 100% of the budget")
+
+def _true_front(page: Page, group: ProtocolGroup) -> np.ndarray | None:
+    """The dataset's true Pareto front (points, objectives), if it declares one."""
+    from mtlbench.harness.leaderboard_truth import true_front
+
+    known_front: list[np.ndarray] = []
+
+    def lookup() -> None:
+        front = true_front(group.rows[0])
+        if front is not None:
+            known_front.append(front)
+
+    page.guarded(f"true front, {group.heading}", lookup)
+    return known_front[0] if known_front else None
+
+
+def _objective_names(row: Row, minimised: str) -> list[str]:
+    """``<task> test error`` for a task whose metric is higher-is-better (the error is what is
+    minimised), ``<task> test <minimised>`` for the others."""
+    return [
+        f"{name} test {('error' if higher else minimised)}"
+        # a damaged record may lack the tasks' directions (None): name the tasks that have one
+        for name, higher in zip(
+            row["task_names"] or [], row["higher_is_better"] or [], strict=False
         )
-        curves = anytime_curves(points)
-        if curves:
-            image = page.folder / f"{group.stem}_anytime.png"
-            plot_anytime(curves, f"{heading}: test HV against budget", image)
-            page.image(image, "hypervolume against budget")
+    ]
 
-    page.guarded(f"anytime, {heading}", anytime)
+
+def _ranking_note(rows: list[Row], objective_names: list[str]) -> str:
+    """What the ranking's numbers are: objectives, reference point, estimator, scored
+    checkpoint, selection rule and the baseline runs of Δm%."""
+    references = ", ".join(fmt(v) for v in rows[0]["hv_reference"] or [])
+    baselines = sorted({h for r in rows for h in (r["delta_m_baseline_runs"] or [])})
+    rules = sorted({r["selection_rule"] for r in rows if r.get("selection_rule")})
+    return (
+        f"Hypervolume of test objectives ({', '.join(objective_names)}), reference point "
+        f"({references}); estimator: {_estimator_note(rows)}; scored checkpoint: "
+        f"{rows[0]['scoring']}. Selected solution: {'; '.join(rules) or '—'}. Δm% against "
+        f"baseline runs {', '.join(baselines) if baselines else '(none recorded)'}."
+    )
+
+
+def _truth(
+    page: Page, rows: list[Row], summaries: list[MethodSummary], known_front: np.ndarray
+) -> None:
+    """HV / true HV and the distances of the solutions to the dataset's known front."""
+    from mtlbench.harness.leaderboard_truth import truth_table
+
+    table = truth_table(
+        summaries or method_summaries(rows),
+        known_front,
+        list(rows[0]["hv_reference"] or []),
+        "Against the true Pareto front",
+    )
+    page.table(table)
+
+
+def _fronts(
+    page: Page,
+    group: ProtocolGroup,
+    summaries: list[MethodSummary],
+    objective_names: list[str],
+    known_front: np.ndarray | None,
+) -> None:
+    """The fronts' plot (first seed, first two tasks), the true front behind them if known."""
+    from mtlbench.harness.leaderboard_plots import plot_fronts
+
+    image = page.folder / f"{group.stem}.png"
+    plot_fronts(
+        summaries or method_summaries(group.rows),
+        group.heading,
+        image,
+        objective_names,
+        known_front,
+    )
+    page.image(image, "fronts")
+
+
+def _anytime(page: Page, group: ProtocolGroup, points: list[Row]) -> None:
+    """The ranking at 25%, 50% and 100% of the budget and the plot of HV against budget."""
+    from mtlbench.harness.leaderboard_plots import plot_anytime
+
+    page.table(anytime_table(points, "Anytime: test hypervolume at 25%, 50%, 100% of the budget"))
+    curves = anytime_curves(points)
+    if curves:
+        image = page.folder / f"{group.stem}_anytime.png"
+        plot_anytime(curves, f"{group.heading}: test HV against budget", image)
+        page.image(image, "hypervolume against budget")
 
 
 def build_leaderboard(results_dir: Path) -> Path:

@@ -14,13 +14,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from mtlbench.harness.leaderboard_tables import MethodSummary, ideal_point, ranked
-from mtlbench.harness.statistics import anytime_value, mean_ci
+from mtlbench.harness.ranks import anytime_value
+from mtlbench.harness.statistics import mean_ci
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +89,7 @@ def plot_fronts(
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
-    return limits  # type: ignore[return-value]
+    return limits
 
 
 def plot_anytime(

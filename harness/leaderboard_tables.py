@@ -26,15 +26,9 @@ from typing import Any
 
 import numpy as np
 from mtlbench.harness.metrics import hypervolume
+from mtlbench.harness.ranks import average_ranks, rank_at_fractions
 from mtlbench.harness.selection import is_baseline_row, selected_row
-from mtlbench.harness.statistics import (
-    MeanInterval,
-    PairedComparison,
-    average_ranks,
-    mean_ci,
-    paired_comparison,
-    rank_at_fractions,
-)
+from mtlbench.harness.statistics import MeanInterval, PairedComparison, mean_ci, paired_comparison
 
 Row = dict[str, Any]
 REFERENCE_METHOD = "ew"  # the paired comparisons are against equal weighting

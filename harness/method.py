@@ -173,11 +173,11 @@ class Method(ABC, Generic[ParamsT]):
         self._optimizer = optimizer
 
     @classmethod
-    def check(cls, params: MethodParams, taskset: TaskSet) -> None:
+    def check(cls, params: ParamsT, taskset: TaskSet) -> None:
         """Raise ValueError if ``params`` cannot work with these tasks (called at suite load)."""
 
     @classmethod
-    def expand(cls, params: MethodParams, taskset: TaskSet) -> list[MethodParams]:
+    def expand(cls, params: ParamsT, taskset: TaskSet) -> list[ParamsT]:
         """The runs one suite entry stands for (``single_task`` expands to one per task)."""
         return [params]
 

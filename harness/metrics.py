@@ -79,7 +79,7 @@ def delta_m(
     metric = np.asarray(metrics, dtype=float)
     base = np.asarray(baseline, dtype=float)
     labels = list(names) if names is not None else [str(t) for t in range(len(metric))]
-    for label, value, reference in zip(labels, metric, base):
+    for label, value, reference in zip(labels, metric, base, strict=True):
         if not math.isfinite(value):
             return DeltaM(math.nan, f"metric of task '{label}' is not finite")
         if not math.isfinite(reference):

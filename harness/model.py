@@ -62,7 +62,7 @@ class StackedMLPHeads(nn.Module):
     def reset_parameters(self) -> None:
         """Draw fresh weights as ``nn.Linear`` would: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
         with torch.no_grad():
-            for weight, bias in zip(self.weights, self.biases):
+            for weight, bias in zip(self.weights, self.biases, strict=True):
                 bound = 1.0 / math.sqrt(weight.shape[1])
                 weight.uniform_(-bound, bound)
                 bias.uniform_(-bound, bound)
@@ -77,7 +77,7 @@ class StackedMLPHeads(nn.Module):
         return self._after_first_layer(hidden)
 
     def _after_first_layer(self, hidden: Tensor) -> Tensor:
-        for weight, bias in zip(list(self.weights)[1:], list(self.biases)[1:]):
+        for weight, bias in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
             hidden = torch.relu(hidden)
             hidden = torch.einsum("bti,tio->bto", hidden, weight) + bias
         return hidden

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from mtlbench.harness.budget import Budget
 from mtlbench.harness.config import ConfigError, DatasetEntry, SuiteConfig
+from mtlbench.harness.data import sample_count
 from mtlbench.harness.dataset import DatasetFileError
 from mtlbench.harness.gradients import GradientEngine
 from mtlbench.harness.registry import DATASETS
@@ -85,7 +86,7 @@ def measure_step(entry: DatasetEntry, batch_size: int) -> StepCost | None:
         splits = dataset.load()
     except DatasetFileError:
         return None
-    train_size = len(splits.train)  # type: ignore[arg-type]
+    train_size = sample_count(splits.train)
     calibration = _first_samples(splits.train, min(MEASURED_SAMPLES, train_size))
     with torch.random.fork_rng(devices=[]):
         model = dataset.build_model()

@@ -29,8 +29,8 @@ from rich.progress import (
 )
 
 if TYPE_CHECKING:
+    from mtlbench.harness.run_result import RunResult
     from mtlbench.harness.suite import RunSpec
-    from mtlbench.harness.trainer import RunResult
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The record types of the result store: one dataclass per Parquet table, the schema derived from it.
+"""The record types of the result store: one dataclass per Parquet table, its schema derived
+from it.
 
 ``RunRecord`` is one row of ``results/runs/`` (one per run and solution); ``EvaluationRecord`` is
 one row of ``results/evaluations/`` (one per run and evaluation during training, the anytime
@@ -129,6 +130,94 @@ class EvaluationRecord:
     hv_method: str
     num_solutions: int
     mlflow_run_id: str = ""
+
+
+# ---- column descriptions (the docs' results-schema page is generated from them) ------------
+_IDENTITY_COLUMNS = {
+    "run_hash": "content hash of what determines the run's numbers (method + params, engine, "
+    "dataset + params, seed, budget, training protocol, scoring, device): the run's key",
+    "suite": "name of the suite that ran it",
+    "method": "registered method name",
+    "method_label": "the suite entry's `label` (the method name when none was given)",
+    "is_baseline": "true for runs of the Δm% reference method (`single_task`)",
+    "dataset": "registered dataset name",
+    "seed": "the run's seed (0 ≤ seed < 2³²): model init, batch order, dropout",
+    "budget_kind": "`flops` or `seconds`",
+    "budget_limit": "the run's budget, in the unit of `budget_kind` (FLOPs or seconds)",
+    "mlflow_run_id": "id of the run's MLflow run (empty when it was not tracked)",
+}
+_RUN_COLUMNS = {
+    "method_params": "the method's validated parameters, JSON",
+    "engine": "gradient engine name (`loop`, `batched`, `representation`, `ray_sharded`, ...)",
+    "dataset_params": "the dataset's parameters, JSON",
+    "budget_spent": "budget spent when training ended, in the unit of `budget_kind`",
+    "budget_spent_flops": "FLOPs charged to the budget (measured per pass kind), whatever the kind",
+    "training": "the training protocol (batch size, optimizer, lr, intervals), JSON",
+    "scoring": "`final` (last checkpoint) or `best_val` (best validation hypervolume)",
+    "scored_step": "training step of the scored state",
+    "device": "device the run trained on (`cpu`, `cuda`, `cuda:1`)",
+    "status": "`completed`, `diverged` or `failed`",
+    "stop_reason": "`budget`, `max_steps`, `exploration_finished`, `diverged` or `error`",
+    "error": "first lines of the error of a failed run, or why a run diverged (empty otherwise)",
+    "steps": "training steps taken",
+    "train_seconds": "wall seconds spent training (evaluation excluded)",
+    "evaluation_seconds": "wall seconds of the uncharged evaluations during and after training",
+    "wall_seconds": "wall seconds of the whole run",
+    "peak_memory_bytes": "peak memory in bytes, measured as `memory_measure` says",
+    "memory_measure": "`cuda_max_allocated` (GPU) or `process_max_rss` (the worker's RSS)",
+    "engine_stats": "the engine's report, JSON (e.g. `ray_sharded`'s bytes per step by kind, "
+    "workers, transport)",
+    "hypervolume": "test hypervolume of the run's front (the estimate when `hv_method` is `fpras`)",
+    "hv_method": "`exact`, `exact-product`, `exact-inclusion-exclusion` or `fpras` (estimated)",
+    "hv_epsilon": "relative error bound ε of the hypervolume (0 when exact)",
+    "hv_delta": "probability δ that the ε bound fails (0 when exact)",
+    "hv_ci_low": "lower end of the interval holding the hypervolume with probability ≥ 1 − δ",
+    "hv_ci_high": "upper end of that interval",
+    "hv_standard_error": "empirical standard error of the estimate (0 when exact), for information",
+    "hv_samples": "trials of the estimator (0 when exact)",
+    "hv_reference": "(T,) the hypervolume's reference point, in objective units",
+    "task_names": "(T,) the tasks, in the order of every per-task list",
+    "higher_is_better": "(T,) direction of each task's metric",
+    "solution_index": "index of the solution in the method's `solutions()` (-1: the placeholder "
+    "row of a run with no scored solution)",
+    "solution_label": "the solution's label (e.g. its preference or α)",
+    "coordinates": "(T,) the simplex point or preference that produced the solution, if any",
+    "on_front": "true when no other solution of the run dominates it (test objectives)",
+    "val_losses": "(T,) mean validation loss per task",
+    "val_metrics": "(T,) validation metric per task (accuracy, MAE in the dataset's units, ...)",
+    "val_objectives": "(T,) validation objectives, minimized (`1 − accuracy`, MAE, ...)",
+    "test_losses": "(T,) mean test loss per task",
+    "test_metrics": "(T,) test metric per task",
+    "test_objectives": "(T,) test objectives, minimized: the coordinates of the front",
+    "selected": "true for the solution reported for the run (chosen on validation numbers only)",
+    "selection_rule": "the rule that chose `selected` (lowest validation Δm%, or lowest mean "
+    "validation objective without a baseline)",
+    "val_delta_m_pct": "validation Δm% (percent) against the baselines' validation metrics",
+    "delta_m_pct": "the solution's test Δm% (percent; negative is better)",
+    "run_delta_m_pct": "test Δm% (percent) of the run's selected solution (reported only)",
+    "delta_m_reason": "why the Δm% is NaN (empty when it is defined)",
+    "delta_m_baseline_runs": "run hashes of the baseline runs the Δm% compares with",
+    "package_version": "mtlbench version and git commit of the code that produced the row",
+    "torch_version": "torch version of the worker",
+    "environment": "host, device, library versions and thread counts, JSON",
+    "started_at": "when the run started (ISO 8601, UTC)",
+}
+_EVALUATION_COLUMNS = {
+    "step": "training step of the evaluation",
+    "budget_spent": "budget spent at the evaluation, in the unit of `budget_kind`",
+    "budget_spent_flops": "FLOPs charged at the evaluation",
+    "budget_fraction": "`budget_spent / budget_limit` (0 to 1)",
+    "val_hypervolume": "hypervolume of the solutions' front on the validation split",
+    "test_hypervolume": "hypervolume of the solutions' front on the test split",
+    "hv_method": "how the hypervolumes were computed (as in the run table)",
+    "num_solutions": "solutions evaluated",
+}
+COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "RunRecord": {**_IDENTITY_COLUMNS, **_RUN_COLUMNS},
+    "EvaluationRecord": {**_IDENTITY_COLUMNS, **_EVALUATION_COLUMNS},
+}
+"""Per record type (class name), the meaning and unit of every column of its Parquet schema.
+``tests/test_docs.py`` checks that they name exactly the schema's columns."""
 
 
 # ---- schema derivation -----------------------------------------------------------------------

@@ -24,13 +24,13 @@ import sys
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mtlbench.harness.checkpoints import checkpoint_sidecars
 from mtlbench.harness.config import ConfigError, SuiteConfig
 from mtlbench.harness.progress import RunProgress, SuiteProgress
 from mtlbench.harness.records import EvaluationRecord, RunRecord, to_row
-from mtlbench.harness.registry import METHODS
+from mtlbench.harness.registry import EXECUTORS, LOOKUP_ERRORS, METHODS
 from mtlbench.harness.selection import annotate_run, baseline_for, is_baseline_row
 from mtlbench.harness.store import ResultStore
 from mtlbench.harness.suite import RunSpec, expand_suite
@@ -190,6 +190,49 @@ def evaluation_rows(result: RunResult, mlflow_run_id: str) -> list[dict[str, Any
     ]
 
 
+@dataclass
+class _SuiteRecorder:
+    """The driver's side of a suite in flight: opens each run's MLflow run when it starts, logs
+    its progress, and records each result (Parquet rows, evaluations, MLflow) as it arrives."""
+
+    results_dir: Path
+    store: ResultStore
+    tracker: Any  # mtlbench.harness.tracking.Tracker (imported late: MLflow is slow to import)
+    view: SuiteProgress
+    console: Console
+    summary: SuiteSummary
+    mlflow_ids: dict[str, str] = field(default_factory=dict)  # run hash -> MLflow run id
+    open_ids: dict[str, str] = field(default_factory=dict)  # those started, not yet recorded
+
+    def started(self, spec: RunSpec) -> str:
+        previous = resumable_mlflow_run(self.results_dir, spec)  # a checkpointed run continues
+        run_id = (previous and self.tracker.resume_run(previous)) or self.tracker.start_run(spec)
+        self.mlflow_ids[spec.run_hash] = self.open_ids[spec.run_hash] = run_id
+        self.view.run_started(spec)
+        return run_id
+
+    def progressed(self, spec: RunSpec, update: RunProgress) -> None:
+        self.view.run_progressed(spec, update)
+        if spec.run_hash in self.open_ids:
+            self.tracker.log_progress(self.open_ids[spec.run_hash], update.points)
+
+    def record(self, result: RunResult) -> None:
+        run_hash = result.spec.run_hash
+        mlflow_id = self.mlflow_ids.get(run_hash, "")
+        rows = result_rows(result, mlflow_id, self.store.rows())
+        self.store.write_run(run_hash, rows)
+        self.store.write_evaluations(run_hash, evaluation_rows(result, mlflow_id))
+        self.tracker.finish_run(mlflow_id or self.tracker.start_run(result.spec), result, rows)
+        self.open_ids.pop(run_hash, None)
+        self.summary.recorded.append(result)
+        self.view.run_finished(result)
+        for step in result.resumed_from_steps:
+            self.console.print(f"{result.spec.title}: resumed from its checkpoint at step {step}")
+        if result.status != "completed":
+            first_line = result.error.splitlines()[0] if result.error else ""
+            self.console.print(f"[yellow]{result.spec.title}: {result.status}[/] {first_line}")
+
+
 def run_suite(
     suite: SuiteConfig,
     results_dir: Path | None = None,
@@ -202,9 +245,10 @@ def run_suite(
 ) -> SuiteSummary:
     """Execute every run of ``suite`` not already recorded; return what was done.
 
-    show_progress: progress bars, when ``console`` is a terminal; otherwise (or without bars) a
-    progress line every ``report_seconds`` (0: none). rerun_command: the command that continues
-    the suite, printed on Ctrl-C (default: this process's ``mtlbench run ...`` command line).
+    executor: a registered executor's name (default: ``suite.executor.kind``). show_progress:
+    progress bars, when ``console`` is a terminal; otherwise (or without bars) a progress line
+    every ``report_seconds`` (0: none). rerun_command: the command that continues the suite,
+    printed on Ctrl-C (default: this process's ``mtlbench run ...`` command line).
     Raises KeyboardInterrupt after recording the interruption (open MLflow runs KILLED).
     """
     from mtlbench.harness.tracking import Tracker
@@ -217,7 +261,10 @@ def run_suite(
     finished = store.finished_hashes()
     todo = [spec for spec in specs if spec.run_hash not in finished]
     summary = SuiteSummary(planned=len(specs), skipped=len(specs) - len(todo))
-    plan = f"suite {suite.name}: {len(specs)} runs, {summary.skipped} already recorded, {len(todo)} to run"
+    plan = (
+        f"suite {suite.name}: {len(specs)} runs, {summary.skipped} already recorded, "
+        f"{len(todo)} to run"
+    )
     if not todo:
         console.print(plan)
         return summary
@@ -227,54 +274,17 @@ def run_suite(
     stale = tracker.mark_stale_runs()
     if stale:
         console.print(f"marked {stale} interrupted MLflow run(s) as KILLED")
-    mlflow_ids: dict[str, str] = {}
-    open_ids: dict[str, str] = {}  # run hash -> MLflow id of the runs started, not yet recorded
-    view = SuiteProgress(
-        console,
-        suite.name,
-        len(todo),
-        bars=show_progress and console.is_terminal,
-        report_seconds=report_seconds,
-    )
-
-    def started(spec: RunSpec) -> str:
-        previous = resumable_mlflow_run(results_dir, spec)  # a checkpointed run continues it
-        run_id = (previous and tracker.resume_run(previous)) or tracker.start_run(spec)
-        mlflow_ids[spec.run_hash] = open_ids[spec.run_hash] = run_id
-        view.run_started(spec)
-        return run_id
-
-    def progressed(spec: RunSpec, update: RunProgress) -> None:
-        view.run_progressed(spec, update)
-        if spec.run_hash in open_ids:
-            tracker.log_progress(open_ids[spec.run_hash], update.points)
-
-    kind = executor or suite.executor.kind
-    run_executor = _executor(kind, suite)
-    results = run_executor(todo, RunMonitor(started, progressed), results_dir)
+    bars = show_progress and console.is_terminal
+    view = SuiteProgress(console, suite.name, len(todo), bars=bars, report_seconds=report_seconds)
+    recorder = _SuiteRecorder(results_dir, store, tracker, view, console, summary)
+    run_executor = executor_for(executor or suite.executor.kind, suite)
+    results = run_executor(todo, RunMonitor(recorder.started, recorder.progressed), results_dir)
     try:
         with view:
             for result in results:
-                rows = result_rows(result, mlflow_ids.get(result.spec.run_hash, ""), store.rows())
-                store.write_run(result.spec.run_hash, rows)
-                store.write_evaluations(
-                    result.spec.run_hash,
-                    evaluation_rows(result, mlflow_ids.get(result.spec.run_hash, "")),
-                )
-                run_id = mlflow_ids.get(result.spec.run_hash) or tracker.start_run(result.spec)
-                tracker.finish_run(run_id, result, rows)
-                open_ids.pop(result.spec.run_hash, None)
-                summary.recorded.append(result)
-                view.run_finished(result)
-                for step in result.resumed_from_steps:
-                    console.print(
-                        f"{result.spec.title}: resumed from its checkpoint at step {step}"
-                    )
-                if result.status != "completed":
-                    first_line = result.error.splitlines()[0] if result.error else ""
-                    console.print(f"[yellow]{result.spec.title}: {result.status}[/] {first_line}")
+                recorder.record(result)
     except KeyboardInterrupt:
-        killed = tracker.interrupt(list(open_ids.values()))
+        killed = tracker.interrupt(list(recorder.open_ids.values()))
         console.print(
             _interruption_message(summary, view, killed, results_dir, rerun_command),
             markup=False,
@@ -356,12 +366,16 @@ def _same_rows(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> boo
     return canonical(first) == canonical(second)
 
 
-def _executor(kind: str, suite: SuiteConfig) -> Executor:
-    keep = suite.output.keep_checkpoints
-    if kind == "local":
-        return functools.partial(execute_local, keep_checkpoints=keep)
-    if kind == "ray":
-        from mtlbench.cluster.ray_executor import ray_executor
+def local_executor(suite: SuiteConfig) -> Executor:
+    """Executor ``local``: the suite's runs one after another in this process."""
+    return functools.partial(execute_local, keep_checkpoints=suite.output.keep_checkpoints)
 
-        return ray_executor(suite.executor, keep_checkpoints=keep)
-    raise ConfigError(f"executor.kind: unknown executor {kind!r} (known: local, ray)")
+
+def executor_for(kind: str, suite: SuiteConfig) -> Executor:
+    """The executor registered as ``kind`` (``local``, ``ray``, a plugin's), set up for
+    ``suite``. An executor is registered as a factory ``(suite) -> Executor``."""
+    try:
+        factory = EXECUTORS.get(kind)
+    except LOOKUP_ERRORS as error:
+        raise ConfigError(f"executor.kind: {error}") from None
+    return cast(Executor, factory(suite))

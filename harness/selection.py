@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +103,7 @@ def _mean_objective(row: Row) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def _lowest(rows: list[Row], key) -> Row:
+def _lowest(rows: list[Row], key: Callable[[Row], float]) -> Row:
     def order(row: Row) -> tuple[bool, float, int]:
         value = key(row)
         return (math.isnan(value), value, row["solution_index"])
@@ -129,8 +129,10 @@ def annotate_run(run_rows: list[Row], baseline: Baseline | None) -> list[Row]:
             continue
         names = row["task_names"]
         hib = row["higher_is_better"]
-        val = delta_m(row["val_metrics"], baseline and baseline.val_metrics, hib, names)
-        test = delta_m(row["test_metrics"], baseline and baseline.test_metrics, hib, names)
+        val_baseline = baseline.val_metrics if baseline else None
+        test_baseline = baseline.test_metrics if baseline else None
+        val = delta_m(row["val_metrics"], val_baseline, hib, names)
+        test = delta_m(row["test_metrics"], test_baseline, hib, names)
         row["val_delta_m_pct"], row["delta_m_pct"] = val.value, test.value
         row["delta_m_reason"] = test.reason or (f"validation: {val.reason}" if val.reason else "")
     run_delta, run_reason = math.nan, first.get("delta_m_reason") or ""

@@ -293,7 +293,8 @@ class RunningRun:
 def running_runs(tracking_uri: str, warnings: list[str]) -> dict[str, RunningRun]:
     """run hash → the active MLflow run in status RUNNING (the first started) at
     ``tracking_uri``. SQLite: read-only, nothing when the file is absent, one line in
-    ``warnings`` when it cannot be read. A server: search queries only. Any other URI: ConfigError."""
+    ``warnings`` when it cannot be read. A server: search queries only. Any other URI:
+    ConfigError."""
     from mtlbench.harness.tracking_store import sqlite_path
 
     database = sqlite_path(tracking_uri)
@@ -310,7 +311,8 @@ def running_runs(tracking_uri: str, warnings: list[str]) -> dict[str, RunningRun
 # MLflow's SQL schema (tables runs and tags), read-only: MlflowClient on a SQLite URI would
 # create and migrate the file, which status must never do
 _RUNNING_QUERY = """
-SELECT tags.value, runs.run_uuid, runs.start_time FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid
+SELECT tags.value, runs.run_uuid, runs.start_time
+FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid
 WHERE tags.key = ? AND runs.status = 'RUNNING' AND runs.lifecycle_stage = 'active'
 ORDER BY runs.start_time
 """

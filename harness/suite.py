@@ -61,7 +61,8 @@ _DEFAULT_DIVERGENCE = TrainingConfig().model_dump(mode="json")["divergence"]
 
 
 def expand_suite(suite: SuiteConfig) -> list[RunSpec]:
-    """All runs of a suite; baseline runs (``Method.is_baseline``) first, so Δm% can be computed as runs finish."""
+    """All runs of a suite; baseline runs (``Method.is_baseline``) first, so Δm% can be computed
+    as runs finish."""
     specs: list[RunSpec] = []
     for dataset_entry in suite.datasets:
         dataset_cls = DATASETS.get(dataset_entry.name)

@@ -7,7 +7,7 @@ equal width, the fast path) or a list of ``T`` tensors ``(B, C_t)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,7 +99,7 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self.tasks)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[TaskSpec]:
         return iter(self.tasks)
 
     def __getitem__(self, index: int) -> TaskSpec:

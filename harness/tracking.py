@@ -29,10 +29,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mtlbench.harness.progress import MetricPoint
 from mtlbench.harness.records import hypervolume_columns
+from mtlbench.harness.run_result import RunResult
 from mtlbench.harness.selection import selected_row
 from mtlbench.harness.suite import RunSpec
 from mtlbench.harness.tracking_store import open_tracking_client
-from mtlbench.harness.trainer import RunResult
 
 SUITE_TAG = "mtlbench.suite"
 RUN_HASH_TAG = "mtlbench.run_hash"
@@ -83,7 +83,9 @@ class Tracker:
     def _suite_run(self) -> str:
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{SUITE_TAG}` = '{self.suite_name}' and tags.`mtlbench.kind` = 'suite'",
+            filter_string=(
+                f"tags.`{SUITE_TAG}` = '{self.suite_name}' and tags.`mtlbench.kind` = 'suite'"
+            ),
             max_results=1,
         )
         if found:
@@ -102,7 +104,9 @@ class Tracker:
         """Set every child run still RUNNING (its driver died) to KILLED. Returns how many."""
         stale = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"attributes.status = 'RUNNING' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+            filter_string=(
+                f"attributes.status = 'RUNNING' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
+            ),
         )
         for run in stale:
             self.client.set_terminated(run.info.run_id, status="KILLED")
@@ -262,10 +266,10 @@ def _final_metrics(result: RunResult, rows: list[dict[str, Any]]) -> dict[str, f
         if chosen.get("val_delta_m_pct") is not None:
             final["val_delta_m_pct"] = chosen["val_delta_m_pct"]
     for solution in result.solutions:
-        for name, metric in zip(result.task_names, solution.test_metrics):
+        for name, metric in zip(result.task_names, solution.test_metrics, strict=True):
             final[f"test.{name}.s{solution.index}"] = metric
     if len(result.solutions) == 1:
-        for name, metric in zip(result.task_names, result.solutions[0].test_metrics):
+        for name, metric in zip(result.task_names, result.solutions[0].test_metrics, strict=True):
             final[f"test.{name}"] = metric
     return final
 

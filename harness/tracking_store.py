@@ -54,7 +54,7 @@ def open_tracking_client(tracking_uri: str, results_dir: Path) -> MlflowClient:
         _probe_server(tracking_uri)
     try:
         return MlflowClient(tracking_uri=tracking_uri)
-    except Exception as error:  # noqa: BLE001 - any failure to open the store is one line
+    except Exception as error:  # any failure to open the store is one line
         raise TrackingStoreError(
             f"{_without_password(tracking_uri)}: cannot open the MLflow tracking store: "
             f"{_first_line(error)}"
@@ -78,7 +78,7 @@ def _open_sqlite(tracking_uri: str, database: Path) -> MlflowClient:
             check_sqlite_store(database)
             try:
                 return MlflowClient(tracking_uri=tracking_uri)  # creates and migrates a new store
-            except Exception as error:  # noqa: BLE001 - whatever MLflow raises: one line
+            except Exception as error:  # whatever MLflow raises: one line
                 raise TrackingStoreError(
                     f"{database}: MLflow cannot open this store ({_first_line(error)}); "
                     f"{_MOVE_ASIDE}"

@@ -31,26 +31,19 @@ from __future__ import annotations
 
 import copy
 import datetime
-import importlib.metadata
 import math
-import platform
-import resource
-import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from mtlbench.harness.budget import Budget, BudgetExhausted
 from mtlbench.harness.checkpoints import LoopState, RunCheckpoints, restore, snapshot
-from mtlbench.harness.data import training_batches
-from mtlbench.harness.dataset import MultiTaskDataset, Splits
+from mtlbench.harness.data import Batch, sample_count, training_batches
 from mtlbench.harness.divergence import (
     DivergenceWatch,
     mean_loss_now,
@@ -63,179 +56,34 @@ from mtlbench.harness.evaluation import (
     front_hypervolume,
 )
 from mtlbench.harness.gradients import get_engine
-from mtlbench.harness.method import Method, TrainingConfig
-from mtlbench.harness.metrics import HypervolumeResult, pareto_mask
-from mtlbench.harness.progress import MetricPoint, RunProgress, now_ms
-from mtlbench.harness.registry import DATASETS, METHODS
+from mtlbench.harness.method import TrainingConfig
+from mtlbench.harness.metrics import pareto_mask
+from mtlbench.harness.progress import RunProgress, now_ms
+from mtlbench.harness.registry import METHODS
+from mtlbench.harness.run_result import RunResult, evaluation_points, log_row, row_points
+from mtlbench.harness.run_setup import (
+    environment,
+    load_dataset,
+    peak_memory,
+    resolve_device,
+    seed_everything,
+)
 from mtlbench.harness.suite import RunSpec
-from mtlbench.harness.tasks import TaskSet
+
+# Importers of the trainer (the runner, the Ray executor, the scaling studies) find the run's
+# record and set-up here too.
+__all__ = [
+    "ProgressCallback",
+    "RunResult",
+    "environment",
+    "load_dataset",
+    "resolve_device",
+    "seed_everything",
+    "train_run",
+]
 
 ProgressCallback = Callable[[RunProgress], None]
-ANYTIME_KEYS = ("val_hypervolume", "test_hypervolume")
-
-
-@dataclass
-class RunResult:
-    """Everything recorded about one run (the tracking layer writes it to MLflow and Parquet).
-
-    status: ``completed`` | ``diverged`` | ``failed``; stop_reason: ``budget`` | ``max_steps`` |
-    ``exploration_finished`` (a method ended with budget left) | ``diverged`` | ``error``
-    (a run stopped by its budget before its first step is ``failed``). history: rows of
-    training metrics every ``log_every`` steps.
-    evaluations: the anytime points (step, budget spent, val and test hypervolume), one per
-    ``eval_every`` steps and one for the final state. metric_points: every MLflow point the run
-    measured (training rows, anytime points, in order), with its measurement time; ended_ms:
-    Unix time (ms) the run ended (the timestamp of its final metrics). resumed_from_steps: the
-    steps of the checkpoints this run continued from, one per resume (killed processes).
-    """
-
-    spec: RunSpec
-    status: str
-    stop_reason: str
-    error: str = ""
-    steps: int = 0
-    budget: dict[str, float] = field(default_factory=dict)
-    train_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    peak_memory_bytes: int = 0
-    memory_measure: str = ""
-    history: list[dict[str, float]] = field(default_factory=list)
-    engine_stats: dict[str, float | str] = field(default_factory=dict)  # GradientEngine.report
-    solutions: list[SolutionResult] = field(default_factory=list)
-    hypervolume: HypervolumeResult | None = None
-    hv_reference: list[float] = field(default_factory=list)
-    task_names: list[str] = field(default_factory=list)
-    higher_is_better: list[bool] = field(default_factory=list)
-    scored_step: int = 0
-    environment: dict[str, str] = field(default_factory=dict)
-    started_at: str = ""
-    evaluations: list[dict[str, Any]] = field(default_factory=list)  # EvaluationRecord fields
-    evaluation_seconds: float = 0.0
-    metric_points: list[MetricPoint] = field(default_factory=list)
-    ended_ms: int = 0
-    resumed_from_steps: list[int] = field(default_factory=list)  # checkpoints it continued from
-
-
-# ---- set-up ----------------------------------------------------------------------------------
-@lru_cache(maxsize=4)
-def _load_dataset(name: str, params_json: str) -> tuple[MultiTaskDataset, Splits]:
-    import json
-
-    dataset_cls = DATASETS.get(name)
-    dataset = dataset_cls(dataset_cls.Params.model_validate(json.loads(params_json)))
-    return dataset, dataset.load()
-
-
-def load_dataset(name: str, params: dict[str, Any]) -> tuple[MultiTaskDataset, Splits]:
-    """The dataset object and its splits, cached per process (runs share loaded data)."""
-    import json
-
-    return _load_dataset(name, json.dumps(params, sort_keys=True, default=str))
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@lru_cache(maxsize=1)
-def _code_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        package = version("mtlbench")
-    except PackageNotFoundError:
-        package = "unknown"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,  # outside a git checkout: no commit, stdout empty
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{package}+{commit}" if commit else package
-
-
-def _installed_version(distribution: str) -> str:
-    """A distribution's installed version, read from its metadata (no import), or "absent"."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-
-
-def environment(device: torch.device) -> dict[str, str]:
-    """Versions and device recorded with every run (reproducibility)."""
-    device_name = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    )
-    return {
-        "mtlbench_version": _code_version(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "mlflow": _installed_version("mlflow"),
-        "pyarrow": _installed_version("pyarrow"),
-        "device": str(device),
-        "device_name": device_name or platform.machine(),
-        "torch_threads": str(torch.get_num_threads()),
-        "hostname": platform.node(),
-    }
-
-
-# ---- the run ---------------------------------------------------------------------------------
-def _log_row(step: int, log: dict[str, torch.Tensor], names: list[str], budget: Budget) -> dict:
-    row: dict[str, float] = {"step": float(step), "budget_fraction_spent": budget.fraction_spent}
-    row["budget_spent_flops"] = budget.spent_flops
-    for key, value in log.items():
-        value = value.detach().float().cpu().reshape(-1)
-        if value.numel() == len(names):
-            for name, entry in zip(names, value.tolist()):
-                row[f"{key}/{name}"] = entry
-        elif value.numel() == 1:
-            row[key] = float(value)
-    return row
-
-
-def _row_points(row: dict[str, float]) -> list[MetricPoint]:
-    """The MLflow points of one logged row, stamped now (``train.<key>``, ``/`` as ``.``)."""
-    stamp, step = now_ms(), int(row["step"])
-    return [
-        MetricPoint(f"train.{key}".replace("/", "."), value, stamp, step)
-        for key, value in row.items()
-        if key != "step" and math.isfinite(value)
-    ]
-
-
-def _evaluation_points(point: dict[str, Any], wall_seconds: float) -> list[MetricPoint]:
-    """The MLflow points of one anytime evaluation, stamped now; step: FLOPs spent so far."""
-    stamp, flops = now_ms(), int(point["budget_spent_flops"])
-    values = {f"anytime.{name}": point[name] for name in ANYTIME_KEYS}
-    values["anytime.wall_seconds"] = wall_seconds
-    return [
-        MetricPoint(key, float(value), stamp, flops)
-        for key, value in values.items()
-        if math.isfinite(value)
-    ]
-
-
-def _peak_memory(device: torch.device) -> tuple[int, str]:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_max_rss"
+Evaluation = tuple[list[SolutionResult], float]  # every solution's results, val hypervolume
 
 
 def train_run(
@@ -269,12 +117,12 @@ def train_run(
             else RunCheckpoints.of_run(checkpoint_dir, spec, mlflow_run_id, keep_checkpoints)
         )
         _train(spec, device, checkpoints, progress, result, started)
-    except Exception as error:  # noqa: BLE001 - a failing run is recorded, the suite goes on
+    except Exception as error:  # a failing run is recorded, the suite goes on
         result.status, result.stop_reason = "failed", "error"
         result.error = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=8)}"
     result.wall_seconds += time.perf_counter() - started  # += the seconds before a resume
     result.ended_ms = now_ms()
-    result.peak_memory_bytes, result.memory_measure = _peak_memory(device)
+    result.peak_memory_bytes, result.memory_measure = peak_memory(device)
     return result
 
 
@@ -286,185 +134,201 @@ def _train(
     result: RunResult,
     started: float,
 ) -> None:
-    training = TrainingConfig.model_validate(spec.training)
-    dataset, splits = load_dataset(spec.dataset, spec.dataset_params)
-    taskset = type(dataset).taskset(dataset.params)
-    result.task_names = taskset.names
-    result.higher_is_better = [t.higher_is_better for t in taskset]
-    result.hv_reference = taskset.hv_reference
-
-    seed_everything(spec.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    model = dataset.build_model().to(device)
-    method_cls = METHODS.get(spec.method)
-    method = method_cls(
-        method_cls.Params.model_validate(spec.method_params), model, taskset, training
-    )
-    method.model.to(device)
-
-    budget = Budget(spec.budget_kind, spec.budget_limit)  # type: ignore[arg-type]
-    batches = training_batches(splits.train, training.batch_size, spec.seed, device)
-    first = next(batches)
-    engine = get_engine(spec.engine)(method.model, taskset, budget, first, **spec.engine_options)
+    """Build the run, train it until it stops, then score it into ``result``."""
+    run = _Run(spec, device, checkpoints, progress, result, started)
     try:  # the engine's actors / shared memory are released however the loop ends
-        method.bind(engine, steps_per_epoch=math.ceil(len(splits.train) / training.batch_size))
-        budget.restart_clock()
+        run.start()
+        ending = run.train()
+        result.train_seconds = time.perf_counter() - run.loop_started - result.evaluation_seconds
+        result.engine_stats = run.engine.report()
+        result.engine_stats.update({f"method.{k}": v for k, v in run.method.report().items()})
+    finally:
+        run.engine.close()
+    run.finish(ending)
 
-        loop = LoopState()
-        stop_reason, exhausted_message, diverged_reason = "max_steps", "", ""
-        watch = DivergenceWatch(training.divergence)
-        batch = first
-        saved = checkpoints.latest() if checkpoints else None
+
+@dataclass
+class _Ending:
+    """Why the training loop stopped: ``stop_reason`` (``max_steps``, the budget's reason,
+    ``diverged``, or the one a final checkpoint recorded), the budget's message when it ran
+    out, and the divergence's reason when the run diverged."""
+
+    stop_reason: str = "max_steps"
+    exhausted_message: str = ""
+    diverged_reason: str = ""
+
+
+class _Run:
+    """One run in progress: the objects it was built from, its loop state and its two clocks.
+
+    ``started``: ``time.perf_counter()`` when ``train_run`` began (the run's wall clock, with
+    ``result.wall_seconds`` of earlier processes); ``loop_started``: when the loop would have
+    begun had it never been interrupted (the loop's seconds in a checkpoint are subtracted).
+    Building it seeds the global generators and draws in a fixed order (model, method, first
+    batch, engine calibration), so a run is reproducible and a resumed one rebuilds the same.
+    """
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        device: torch.device,
+        checkpoints: RunCheckpoints | None,
+        progress: ProgressCallback | None,
+        result: RunResult,
+        started: float,
+    ):
+        self.spec, self.device, self.result, self.started = spec, device, result, started
+        self.checkpoints, self.progress = checkpoints, progress
+        self.training = training = TrainingConfig.model_validate(spec.training)
+        dataset, self.splits = load_dataset(spec.dataset, spec.dataset_params)
+        self.taskset = taskset = type(dataset).taskset(dataset.params)
+        result.task_names = taskset.names
+        result.higher_is_better = [t.higher_is_better for t in taskset]
+        result.hv_reference = taskset.hv_reference
+
+        seed_everything(spec.seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        model = dataset.build_model().to(device)
+        method_cls = METHODS.get(spec.method)
+        self.method = method_cls(
+            method_cls.Params.model_validate(spec.method_params), model, taskset, training
+        )
+        self.method.model.to(device)
+
+        self.budget = Budget(spec.budget_kind, spec.budget_limit)  # type: ignore[arg-type]
+        self.batches = training_batches(self.splits.train, training.batch_size, spec.seed, device)
+        self.batch: Batch = next(self.batches)
+        self.engine = get_engine(spec.engine)(
+            self.method.model, taskset, self.budget, self.batch, **spec.engine_options
+        )
+        self.loop = LoopState()
+        self.watch = DivergenceWatch(training.divergence)
+        self.loop_started = time.perf_counter()
+        self.reported = 0  # metric points of ``result`` already handed to ``progress``
+
+    # ---- start, progress reports, checkpoints ------------------------------------------------
+    def start(self) -> None:
+        """Bind the method to the engine and continue from the latest checkpoint, if any."""
+        steps_per_epoch = math.ceil(sample_count(self.splits.train) / self.training.batch_size)
+        self.method.bind(self.engine, steps_per_epoch=steps_per_epoch)
+        self.budget.restart_clock()
+        saved = self.checkpoints.latest() if self.checkpoints else None
         if saved is not None:
-            loop = restore(saved, method, batches, budget, watch, result)
-            result.wall_seconds = loop.wall_seconds
-            result.resumed_from_steps = [*loop.resumed_from_steps, loop.step]
-            loop.resumed_from_steps = result.resumed_from_steps
-            print(f"{spec.title}: resuming from step {loop.step}", file=sys.stderr, flush=True)
-            batch = next(batches)
-        loop_started = time.perf_counter() - loop.loop_seconds
-        reported = len(result.metric_points)  # metric points already handed to ``progress``
+            result = self.result
+            self.loop = restore(saved, self.method, self.batches, self.budget, self.watch, result)
+            result.wall_seconds = self.loop.wall_seconds
+            result.resumed_from_steps = [*self.loop.resumed_from_steps, self.loop.step]
+            self.loop.resumed_from_steps = result.resumed_from_steps
+            print(
+                f"{self.spec.title}: resuming from step {self.loop.step}",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.batch = next(self.batches)
+        self.loop_started = time.perf_counter() - self.loop.loop_seconds
+        self.reported = len(self.result.metric_points)
 
-        def report() -> None:
-            nonlocal reported
-            if progress:
-                fraction = max(budget.fraction_spent, loop.step / training.max_steps)
-                new_points = tuple(result.metric_points[reported:])
-                reported = len(result.metric_points)
-                elapsed = time.perf_counter() - loop_started
-                progress(RunProgress(loop.step, min(fraction, 1.0), elapsed, new_points))
+    def wall_seconds(self) -> float:
+        """The run's wall seconds so far, earlier processes included."""
+        return self.result.wall_seconds + time.perf_counter() - self.started
 
-        def save() -> None:
-            if checkpoints is not None:
-                loop.loop_seconds = time.perf_counter() - loop_started
-                loop.wall_seconds = result.wall_seconds + time.perf_counter() - started
-                payload = snapshot(
-                    loop, method, batches, budget, watch, result, checkpoints.mlflow_run_id
-                )
-                checkpoints.write(loop.step, payload, budget.spent)
+    def report(self) -> None:
+        """Hand ``progress`` the step, the fraction done and the metric points since the last."""
+        if self.progress:
+            fraction = max(self.budget.fraction_spent, self.loop.step / self.training.max_steps)
+            new_points = tuple(self.result.metric_points[self.reported :])
+            self.reported = len(self.result.metric_points)
+            elapsed = time.perf_counter() - self.loop_started
+            self.progress(RunProgress(self.loop.step, min(fraction, 1.0), elapsed, new_points))
 
-        if loop.stop_reason:  # resumed from the final checkpoint: training had ended
-            stop_reason = loop.stop_reason
-        while loop.step < training.max_steps and not loop.stop_reason:
+    def save(self) -> None:
+        """Write a checkpoint of the state after ``loop.step`` (when the run has a folder)."""
+        if self.checkpoints is not None:
+            self.loop.loop_seconds = time.perf_counter() - self.loop_started
+            self.loop.wall_seconds = self.wall_seconds()
+            payload = snapshot(
+                self.loop,
+                self.method,
+                self.batches,
+                self.budget,
+                self.watch,
+                self.result,
+                self.checkpoints.mlflow_run_id,
+            )
+            self.checkpoints.write(self.loop.step, payload, self.budget.spent)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def train(self) -> _Ending:
+        """Step the method until ``max_steps``, the budget's end, a divergence, or a failure
+        (raised, unless the divergence rule explains it)."""
+        ending = _Ending(stop_reason=self.loop.stop_reason or "max_steps")
+        while self.loop.step < self.training.max_steps and not self.loop.stop_reason:
             try:
-                log = method.step(batch, engine)
+                log = self.method.step(self.batch, self.engine)
             except BudgetExhausted as exhausted:
-                stop_reason, exhausted_message = exhausted.stop_reason, str(exhausted)
+                ending.stop_reason, ending.exhausted_message = exhausted.stop_reason, str(exhausted)
                 break
             except Exception as error:  # a failure on a blown-up state is its divergence
-                with budget.uncharged():
-                    reason = watch.explains_failure(mean_loss_now(method, taskset, batch), error)
+                with self.budget.uncharged():
+                    mean_loss = mean_loss_now(self.method, self.taskset, self.batch)
+                    reason = self.watch.explains_failure(mean_loss, error)
                 if reason is None:
                     raise
-                stop_reason, diverged_reason = "diverged", reason
+                ending.stop_reason, ending.diverged_reason = "diverged", reason
                 break
-            loop.step += 1
-            step = loop.step
-            if step == 1:
-                watch.set_initial(mean_task_loss(_log_row(step, log, taskset.names, budget)))
-            if step % training.log_every == 0:
-                row = _log_row(step, log, taskset.names, budget)
-                result.history.append(row)
-                result.metric_points += _row_points(row)
-                reason = watch.observe(step, row, trained_tensors(method))
-                if reason is not None:
-                    stop_reason, diverged_reason = "diverged", reason
-                    break
-                report()
-            if step % training.eval_every == 0:
-                loop.last_evaluation = _evaluate_point(
-                    method, taskset, splits, device, budget, step, result
-                )
-                result.metric_points += _evaluation_points(
-                    result.evaluations[-1], result.wall_seconds + time.perf_counter() - started
-                )
-                report()
-                val_hv = loop.last_evaluation[1]
-                if spec.scoring == "best_val" and val_hv > loop.best_val_hv:
-                    loop.best_val_hv, loop.best_step = val_hv, step
-                    loop.best_state = copy.deepcopy(method.state_dict())
-            if checkpoints is not None and checkpoints.due(step):
-                save()
-            batch = next(batches)
-        result.train_seconds = time.perf_counter() - loop_started - result.evaluation_seconds
-        result.engine_stats = engine.report()
-        result.engine_stats.update({f"method.{k}": v for k, v in method.report().items()})
-    finally:
-        engine.close()
-    step, last_evaluation = loop.step, loop.last_evaluation
-    result.steps, result.stop_reason = step, stop_reason
-    result.budget = budget.summary()
-    if stop_reason == "diverged":
-        result.status, result.error = "diverged", diverged_reason
-        report()
-        if checkpoints is not None:
-            checkpoints.prune()
-        return
-    if step == 0:  # nothing trained: scoring the initial model would pass it off as a result
-        result.error = (
-            f"the budget ({spec.budget_limit:g} {spec.budget_kind}) is smaller than one "
-            f"step: {exhausted_message or stop_reason}"
-        )
-        return
-    result.scored_step = step
-    if last_evaluation is None or result.evaluations[-1]["step"] != step:
-        last_evaluation = loop.last_evaluation = _evaluate_point(
-            method, taskset, splits, device, budget, step, result, result.budget
-        )
-        result.metric_points += _evaluation_points(
-            result.evaluations[-1], result.wall_seconds + time.perf_counter() - started
-        )
-    if checkpoints is not None:  # the final state, before ``best_val`` swaps the model
-        loop.stop_reason = stop_reason
-        save()
-        checkpoints.prune(step)
-    solutions, final_val_hv = last_evaluation  # the final state, evaluated once
-    if (
-        spec.scoring == "best_val"
-        and loop.best_state is not None
-        and loop.best_val_hv > final_val_hv
-    ):
-        method.load_state_dict(loop.best_state)
-        result.scored_step = loop.best_step
-        solutions = _timed_evaluation(method, taskset, splits, device, result)
-    objectives = [s.test_objectives for s in solutions]
-    for solution, on_front in zip(solutions, pareto_mask(np.asarray(objectives))):
-        solution.on_front = bool(on_front)
-    result.solutions = solutions
-    result.hypervolume = front_hypervolume(objectives, result.hv_reference)
-    result.status = "completed"
-    report()
+            self.loop.step += 1
+            reason = self._after_step(log)
+            if reason is not None:
+                ending.stop_reason, ending.diverged_reason = "diverged", reason
+                break
+            self.batch = next(self.batches)
+        return ending
 
+    def _after_step(self, log: dict[str, torch.Tensor]) -> str | None:
+        """Log, check for divergence, evaluate and checkpoint as the step number asks; the
+        divergence's reason if the run has diverged (then nothing else is done)."""
+        step, names = self.loop.step, self.taskset.names
+        if step == 1:
+            self.watch.set_initial(mean_task_loss(log_row(step, log, names, self.budget)))
+        if step % self.training.log_every == 0:
+            row = log_row(step, log, names, self.budget)
+            self.result.history.append(row)
+            self.result.metric_points += row_points(row)
+            reason = self.watch.observe(step, row, trained_tensors(self.method))
+            if reason is not None:
+                return reason
+            self.report()
+        if step % self.training.eval_every == 0:
+            self.loop.last_evaluation = self._evaluate_point(step)
+            self.report()
+            val_hv = self.loop.last_evaluation[1]
+            if self.spec.scoring == "best_val" and val_hv > self.loop.best_val_hv:
+                self.loop.best_val_hv, self.loop.best_step = val_hv, step
+                self.loop.best_state = copy.deepcopy(self.method.state_dict())
+        if self.checkpoints is not None and self.checkpoints.due(step):
+            self.save()
+        return None
 
-def _timed_evaluation(
-    method: Method, taskset: TaskSet, splits: Splits, device, result: RunResult
-) -> list[SolutionResult]:
-    started = time.perf_counter()
-    solutions = evaluate_solutions(method, taskset, splits, device)
-    result.evaluation_seconds += time.perf_counter() - started
-    return solutions
+    # ---- evaluation --------------------------------------------------------------------------
+    def _timed_evaluation(self) -> list[SolutionResult]:
+        """Every solution on val and test; the time goes to ``result.evaluation_seconds``."""
+        started = time.perf_counter()
+        solutions = evaluate_solutions(self.method, self.taskset, self.splits, self.device)
+        self.result.evaluation_seconds += time.perf_counter() - started
+        return solutions
 
-
-def _evaluate_point(
-    method: Method,
-    taskset: TaskSet,
-    splits: Splits,
-    device,
-    budget: Budget,
-    step: int,
-    result: RunResult,
-    spend: dict[str, float] | None = None,
-) -> tuple[list[SolutionResult], float]:
-    """Evaluate every solution on val and test (uncharged) and append the anytime point for
-    ``step`` at the budget's current spend (or ``spend``, a ``Budget.summary()``). Returns the
-    solutions and the validation hypervolume."""
-    spend = spend or budget.summary()
-    with budget.uncharged():
-        solutions = _timed_evaluation(method, taskset, splits, device, result)
-        val_hv = front_hypervolume([s.val_objectives for s in solutions], taskset.hv_reference)
-        test_hv = front_hypervolume([s.test_objectives for s in solutions], taskset.hv_reference)
-    result.evaluations.append(
-        {
+    def _evaluate_point(self, step: int, spend: dict[str, float] | None = None) -> Evaluation:
+        """Evaluate every solution on val and test (uncharged) and record the anytime point for
+        ``step`` at the budget's current spend (or ``spend``, a ``Budget.summary()``): an entry
+        of ``result.evaluations`` and its MLflow points. Returns the solutions and the
+        validation hypervolume."""
+        spend = spend or self.budget.summary()
+        reference = self.taskset.hv_reference
+        with self.budget.uncharged():
+            solutions = self._timed_evaluation()
+            val_hv = front_hypervolume([s.val_objectives for s in solutions], reference)
+            test_hv = front_hypervolume([s.test_objectives for s in solutions], reference)
+        point = {
             "step": step,
             "budget_spent": spend["budget_spent"],
             "budget_spent_flops": spend["budget_spent_flops"],
@@ -474,5 +338,56 @@ def _evaluate_point(
             "hv_method": test_hv.method,
             "num_solutions": len(solutions),
         }
-    )
-    return solutions, val_hv.value
+        self.result.evaluations.append(point)
+        self.result.metric_points += evaluation_points(point, self.wall_seconds())
+        return solutions, val_hv.value
+
+    # ---- the end -----------------------------------------------------------------------------
+    def finish(self, ending: _Ending) -> None:
+        """Record how training ended; score the run unless it diverged or never stepped."""
+        result, loop, step = self.result, self.loop, self.loop.step
+        result.steps, result.stop_reason = step, ending.stop_reason
+        result.budget = self.budget.summary()
+        if ending.stop_reason == "diverged":
+            result.status, result.error = "diverged", ending.diverged_reason
+            self.report()
+            if self.checkpoints is not None:
+                self.checkpoints.prune()
+            return
+        if step == 0:  # nothing trained: scoring the initial model would pass it off as a result
+            result.error = (
+                f"the budget ({self.spec.budget_limit:g} {self.spec.budget_kind}) is smaller "
+                f"than one step: {ending.exhausted_message or ending.stop_reason}"
+            )
+            return
+        result.scored_step = step
+        last_evaluation = loop.last_evaluation
+        if last_evaluation is None or result.evaluations[-1]["step"] != step:
+            last_evaluation = loop.last_evaluation = self._evaluate_point(step, result.budget)
+        if self.checkpoints is not None:  # the final state, before ``best_val`` swaps the model
+            loop.stop_reason = ending.stop_reason
+            self.save()
+            self.checkpoints.prune(step)
+        self._score(last_evaluation)
+
+    def _score(self, final_evaluation: Evaluation) -> None:
+        """Score the final state's solutions, or the best validation checkpoint's under
+        ``scoring: best_val`` when its validation hypervolume is higher; mark the Pareto front
+        of their test objectives and its hypervolume."""
+        solutions, final_val_hv = final_evaluation  # the final state, evaluated once
+        loop = self.loop
+        if (
+            self.spec.scoring == "best_val"
+            and loop.best_state is not None
+            and loop.best_val_hv > final_val_hv
+        ):
+            self.method.load_state_dict(loop.best_state)
+            self.result.scored_step = loop.best_step
+            solutions = self._timed_evaluation()
+        objectives = [s.test_objectives for s in solutions]
+        for solution, on_front in zip(solutions, pareto_mask(np.asarray(objectives)), strict=True):
+            solution.on_front = bool(on_front)
+        self.result.solutions = solutions
+        self.result.hypervolume = front_hypervolume(objectives, self.result.hv_reference)
+        self.result.status = "completed"
+        self.report()

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from mtlbench.harness.model import MultiTaskModel
@@ -69,7 +69,7 @@ def reinitialised_copy(module: ModuleT) -> ModuleT:
     """
     fresh = copy.deepcopy(module)
     unresettable = set(parameters_without_reset(fresh))
-    for name, submodule in fresh.named_modules():
+    for submodule in fresh.modules():
         reset = getattr(submodule, "reset_parameters", None)
         if callable(reset):
             reset()
@@ -178,7 +178,13 @@ class EnsembleMembers(nn.Module):
             values[name] = (weights * stacked).sum(dim=0)
         return {alias: values[name] for alias, name in self.aliases.items()}
 
-    def forward(self, *args, alpha: Tensor | None = None, buffers: Buffers | None = None, **kwargs):
+    def forward(
+        self,
+        *args: Any,
+        alpha: Tensor | None = None,
+        buffers: Buffers | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run the template at θ(α) (default: the current α); ``buffers`` (names relative to
         the template) replace the shared buffers for this call only."""
         tensors = self.combined(alpha)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from mtlbench.harness.hvp import load_parameter_vector
@@ -73,7 +74,7 @@ class PointModel(nn.Module):
         self._parameters_vector = parameters
         self._buffer_values = buffers
 
-    def forward(self, inputs: Tensor):
+    def forward(self, inputs: Tensor) -> Any:
         load_parameter_vector(self.scratch, self._parameters_vector.to(inputs.device))
         with torch.no_grad():
             for name, buffer in self.scratch.named_buffers():
@@ -108,7 +109,7 @@ def point_coordinates(
     if len(alphas) < len(vertices):
         return tuple(preference.tolist())
     mixed = torch.zeros(alphas[0].shape, dtype=torch.float64)
-    for weight, alpha in zip(weights, alphas):
+    for weight, alpha in zip(weights, alphas, strict=True):
         mixed = mixed + weight * alpha.double().cpu()
     return tuple(float(c) for c in mixed)
 
@@ -143,9 +144,9 @@ def front_solutions(
         for simplex in merged.simplices:
             vertices = [points[i] for i in simplex]
             for weights in simplex_samples(len(simplex), samples_per_simplex):
-                parameters = sum(w * v.parameters for w, v in zip(weights, vertices))
+                parameters = sum(w * v.parameters for w, v in zip(weights, vertices, strict=True))
                 label = f"front{group}/" + "+".join(
-                    f"{w:.2f}*{v.label}" for w, v in zip(weights, vertices)
+                    f"{w:.2f}*{v.label}" for w, v in zip(weights, vertices, strict=True)
                 )
                 yield Solution(
                     label,

@@ -224,7 +224,9 @@ def merge_local_fronts(fronts: list[LocalFront], images: dict[int, Tensor]) -> l
         if with_image:
             group_images = torch.stack([images[p] for p in with_image])
             behind = dominance_matrix(group_images, group_images).any(dim=0)
-            dominated = {p for p, is_behind in zip(with_image, behind.tolist()) if is_behind}
+            dominated = {
+                p for p, is_behind in zip(with_image, behind.tolist(), strict=True) if is_behind
+            }
         simplices = [
             simplex
             for m in members

@@ -75,10 +75,7 @@ def _objective(matrix: np.ndarray, weights: np.ndarray, power: float) -> float:
     """f(w) = ½ wᵀGw − sum_t φ(w_t); +∞ outside w > 0."""
     if (weights <= 0).any():
         return float("inf")
-    if power == 1:
-        utility = np.log(weights).sum()
-    else:
-        utility = (weights ** (1 - power)).sum() / (1 - power)
+    utility = np.log(weights).sum() if power == 1 else (weights ** (1 - power)).sum() / (1 - power)
     return float(weights @ matrix @ weights / 2 - utility)
 
 

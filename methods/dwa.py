@@ -18,8 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from mtlbench.harness.method import MethodParams
+from mtlbench.harness.method import MethodParams, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
+from mtlbench.harness.tasks import TaskSet
 from mtlbench.harness.weighting import LossWeighting
 from pydantic import Field
 from torch import Tensor
@@ -43,7 +45,13 @@ class DynamicWeightAverage(LossWeighting[DWAParams]):
     paper = "Liu, Johns & Davison, CVPR 2019 (MTAN; DWA)"
     cost = "1 forward + 1 backward"
 
-    def __init__(self, params: DWAParams, model, taskset, training):
+    def __init__(
+        self,
+        params: DWAParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         super().__init__(params, model, taskset, training)
         self._steps = 0  # steps seen so far
         self._window_sum: Tensor | None = None  # sum of the current window's losses (T,)

@@ -7,7 +7,8 @@ simplex. One forward and one backward per step: the baseline every ratio is meas
 from __future__ import annotations
 
 import torch
-from mtlbench.harness.method import MethodParams
+from mtlbench.harness.method import MethodParams, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
 from mtlbench.harness.tasks import TaskSet
 from mtlbench.harness.weighting import LossWeighting
@@ -45,7 +46,13 @@ class EqualWeighting(LossWeighting[EWParams]):
     cost = "1 forward + 1 backward"
     paper = "linear scalarization (equal weights by default)"
 
-    def __init__(self, params: EWParams, model, taskset, training):
+    def __init__(
+        self,
+        params: EWParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         super().__init__(params, model, taskset, training)
         self.fixed_weights = preference_weights(params.preference, len(taskset))
 

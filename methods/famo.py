@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 from mtlbench.harness.gradients import Batch, GradientEngine
-from mtlbench.harness.method import Method, MethodParams, StepLog
+from mtlbench.harness.method import Method, MethodParams, StepLog, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
 from mtlbench.harness.tasks import TaskSet
 from pydantic import Field
@@ -57,7 +58,13 @@ class FAMO(Method[FAMOParams]):
     cost = "2 forwards + 1 backward"
     paper = "Liu et al., NeurIPS 2023 (FAMO, Alg. 1)"
 
-    def __init__(self, params: FAMOParams, model, taskset, training):
+    def __init__(
+        self,
+        params: FAMOParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         super().__init__(params, model, taskset, training)
         device = next(model.parameters()).device  # the trainer builds the model on its device
         self._logits = nn.Parameter(torch.zeros(len(taskset), device=device))

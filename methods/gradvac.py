@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from mtlbench.harness.method import MethodParams
+from mtlbench.harness.method import MethodParams, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
+from mtlbench.harness.tasks import TaskSet
 from mtlbench.harness.weighting import GramWeighting, as_state, seeded_generator
 from pydantic import Field
 from torch import Tensor
@@ -88,7 +90,13 @@ class GradVac(GramWeighting[GradVacParams]):
     paper = "Wang et al., ICLR 2021 (Gradient Vaccine)"
     cost = "T encoder backward passes (the shared Jacobian)"
 
-    def __init__(self, params: GradVacParams, model, taskset, training):
+    def __init__(
+        self,
+        params: GradVacParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         super().__init__(params, model, taskset, training)
         self._generator = seeded_generator()
         num_tasks = len(taskset)

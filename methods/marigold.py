@@ -90,7 +90,8 @@ from typing import Any, Literal
 
 import torch
 from mtlbench.harness.gradients import Batch, GradientEngine, StepState
-from mtlbench.harness.method import Method, MethodParams, StepLog
+from mtlbench.harness.method import Method, MethodParams, StepLog, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
 from mtlbench.harness.tasks import TaskSet
 from mtlbench.methods.simplex_projection import project_simplex
@@ -278,7 +279,7 @@ def projected_estimate_step(
 
 @register_method("marigold")
 class Marigold(Method[MarigoldParams]):
-    """MARIGOLD (reconstruction, see the module docstring). ``self.weights``: (T,) on the simplex."""
+    """MARIGOLD (reconstruction, see the module docstring); ``self.weights``: (T,), simplex."""
 
     Params = MarigoldParams
     produces_weights = True
@@ -287,7 +288,13 @@ class Marigold(Method[MarigoldParams]):
     cost = "1 + q encoder backwards (exact_directional) or 1 + 2q (central), whatever T"
     paper = "Chen et al., arXiv 2603.07389 (2026): a reconstruction from the abstract"
 
-    def __init__(self, params: MarigoldParams, model, taskset, training):
+    def __init__(
+        self,
+        params: MarigoldParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         super().__init__(params, model, taskset, training)
         num_tasks = len(taskset)
         self.weights = torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)

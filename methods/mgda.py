@@ -22,8 +22,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from mtlbench.harness.method import MethodParams
+from mtlbench.harness.method import MethodParams, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
+from mtlbench.harness.tasks import TaskSet
 from mtlbench.harness.weighting import GramWeighting
 from mtlbench.methods.min_norm import GradientNormalization, mgda_weights
 from pydantic import Field
@@ -60,7 +62,13 @@ class MGDA(GramWeighting[MGDAParams]):
     paper = "Sener & Koltun, NeurIPS 2018 (Alg. 2); Désidéri 2012"
     cost = "T encoder backward passes (the shared Jacobian)"
 
-    def __init__(self, params: MGDAParams, model, taskset, training):
+    def __init__(
+        self,
+        params: MGDAParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         super().__init__(params, model, taskset, training)
         # last step's weights: the solver's warm start (same optimum, fewer iterations)
         self._previous_weights: Tensor | None = None

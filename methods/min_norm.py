@@ -80,8 +80,8 @@ def min_norm_weights(
         weights): its support is the starting active set. None: uniform weights, full support.
         Any start reaches the optimum within ``tolerance``; where several weightings are
         optimal (to within it) the one returned may depend on the start.
-    on_host: for T > 2, solve a non-CPU Gram on the CPU (one synchronisation) and return the weights on
-        the Gram's device; False: solve on the Gram's device (see the module notes).
+    on_host: for T > 2, solve a non-CPU Gram on the CPU (one synchronisation) and return the
+        weights on the Gram's device; False: solve on the Gram's device (see the module notes).
     """
     if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError(f"gram must be a square (T, T) matrix, got shape {tuple(gram.shape)}")
@@ -142,10 +142,11 @@ def _active_set(
     """Wolfe's min-norm-point iterations on a positive definite ``matrix`` (T, T), masked.
 
     State: weights a (T,) on the simplex and the support S = {t: a_t > 0} (``support``, bool;
-    a task just added has a_t = 0 until the next solve). Each iteration: y = argmin of a^T M a over {sum a = 1, a_t = 0 off S} (one
-    Cholesky solve). If y > 0 on S (major cycle): a = y, and the task minimising (M y)_t joins S
-    if it improves by more than ``tolerance``; otherwise a is optimal. Else (minor cycle): a moves
-    towards y until a weight reaches 0, and that task leaves S.
+    a task just added has a_t = 0 until the next solve). Each iteration: y = argmin of a^T M a
+    over {sum a = 1, a_t = 0 off S} (one Cholesky solve). If y > 0 on S (major cycle): a = y,
+    and the task minimising (M y)_t joins S if it improves by more than ``tolerance``; otherwise
+    a is optimal. Else (minor cycle): a moves towards y until a weight reaches 0, and that task
+    leaves S.
     """
     num_tasks = matrix.shape[0]
     device, dtype = matrix.device, matrix.dtype

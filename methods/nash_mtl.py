@@ -27,8 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtlbench.harness.method import MethodParams
+from mtlbench.harness.method import MethodParams, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
+from mtlbench.harness.tasks import TaskSet
 from mtlbench.harness.weighting import GramWeighting
 from mtlbench.methods._power_balance import power_balance_weights
 from pydantic import Field
@@ -61,7 +63,13 @@ class NashMTL(GramWeighting[NashMTLParams]):
     paper = "Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022 (Alg. 1)"
     cost = "T encoder backward passes (the shared Jacobian)"
 
-    def __init__(self, params: NashMTLParams, model, taskset, training):
+    def __init__(
+        self,
+        params: NashMTLParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         super().__init__(params, model, taskset, training)
         self._alpha: Tensor | None = None  # the last solution (unclipped), (T,)
         self._step = 0

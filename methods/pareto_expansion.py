@@ -59,7 +59,8 @@ from typing import Any, Literal
 
 import torch
 from mtlbench.harness.gradients import Batch, GradientEngine
-from mtlbench.harness.method import Method, MethodParams, Solution, StepLog
+from mtlbench.harness.method import Method, MethodParams, Solution, StepLog, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
 from mtlbench.harness.tasks import TaskSet
 from mtlbench.methods._expansion_front import (
@@ -162,7 +163,13 @@ class ParetoExpansion(Method[ParetoExpansionParams]):
     # engine cannot re-wrap: its ZeRO optimizer is created once, with the model
     engines = ("loop", "batched", "ray_sharded")
 
-    def __init__(self, params: ParetoExpansionParams, model, taskset: TaskSet, training):
+    def __init__(
+        self,
+        params: ParetoExpansionParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         super().__init__(params, model, taskset, training)
         self.check(params, taskset)
         self.num_tasks = len(taskset)

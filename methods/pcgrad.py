@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from mtlbench.harness.method import MethodParams
+from mtlbench.harness.method import MethodParams, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
+from mtlbench.harness.tasks import TaskSet
 from mtlbench.harness.weighting import GramWeighting, as_state, seeded_generator
 from torch import Tensor
 
@@ -64,7 +66,13 @@ class PCGrad(GramWeighting[PCGradParams]):
     paper = "Yu et al., NeurIPS 2020 (Gradient Surgery for Multi-Task Learning), Alg. 1"
     cost = "T encoder backward passes (the shared Jacobian)"
 
-    def __init__(self, params: PCGradParams, model, taskset, training):
+    def __init__(
+        self,
+        params: PCGradParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         super().__init__(params, model, taskset, training)
         self._generator = seeded_generator()
 

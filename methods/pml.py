@@ -102,7 +102,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from mtlbench.harness.gradients import Batch, GradientEngine
-from mtlbench.harness.method import Method, MethodParams, Solution, StepLog
+from mtlbench.harness.method import Method, MethodParams, Solution, StepLog, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
 from mtlbench.harness.tasks import TaskSet
 from mtlbench.methods._ensemble import EnsembleModel
@@ -277,7 +278,13 @@ class ParetoManifoldLearning(Method[PMLParams]):
     cost = "W forwards + W backwards of a T-member ensemble"
     paper = "Dimitriadis, Frossard & Fleuret, ICML 2023"
 
-    def __init__(self, params: PMLParams, model, taskset: TaskSet, training):
+    def __init__(
+        self,
+        params: PMLParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         self.settings = resolve_settings(params)
         if self.settings.lr is not None:
             training = training.model_copy(update={"lr": self.settings.lr})

@@ -16,8 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from mtlbench.harness.method import MethodParams
+from mtlbench.harness.method import MethodParams, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
+from mtlbench.harness.tasks import TaskSet
 from mtlbench.harness.weighting import LossWeighting, as_state, seeded_generator
 from torch import Tensor
 
@@ -35,7 +37,13 @@ class RLW(LossWeighting[RLWParams]):
     paper = "Lin et al., TMLR 2022 (Reasonable Effectiveness of Random Weighting)"
     cost = "1 forward + 1 backward"
 
-    def __init__(self, params: RLWParams, model, taskset, training):
+    def __init__(
+        self,
+        params: RLWParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         super().__init__(params, model, taskset, training)
         self._generator = seeded_generator()
 

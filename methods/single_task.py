@@ -8,7 +8,8 @@ it is evaluated on every task, but only its own task's metric serves as a baseli
 from __future__ import annotations
 
 import torch
-from mtlbench.harness.method import MethodParams
+from mtlbench.harness.method import MethodParams, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
 from mtlbench.harness.tasks import TaskSet
 from mtlbench.harness.weighting import LossWeighting
@@ -31,7 +32,13 @@ class SingleTask(LossWeighting[SingleTaskParams]):
     cost = "1 forward + 1 backward (one run per task)"
     paper = "the Δm% reference: one model per task"
 
-    def __init__(self, params: SingleTaskParams, model, taskset, training):
+    def __init__(
+        self,
+        params: SingleTaskParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         super().__init__(params, model, taskset, training)
         if params.task is None:
             raise ValueError("single_task needs a task index (suites expand it automatically)")

@@ -22,8 +22,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from mtlbench.harness.method import MethodParams
+from mtlbench.harness.method import MethodParams, TrainingConfig
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
+from mtlbench.harness.tasks import TaskSet
 from mtlbench.harness.weighting import LossWeighting
 from pydantic import Field, model_validator
 from torch import Tensor
@@ -58,7 +60,13 @@ class SmoothTchebycheff(LossWeighting[STCHParams]):
     paper = "Lin et al., ICML 2024 (Smooth Tchebycheff Scalarization)"
     cost = "1 forward + 1 backward"
 
-    def __init__(self, params: STCHParams, model, taskset, training):
+    def __init__(
+        self,
+        params: STCHParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         super().__init__(params, model, taskset, training)
         self._steps = 0  # steps seen so far
         self._z_sum: Tensor | None = None  # sum of the losses over the warm-up's last epoch

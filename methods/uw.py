@@ -23,8 +23,10 @@ from typing import Any
 
 import torch
 from mtlbench.harness.gradients import Batch, GradientEngine
-from mtlbench.harness.method import MethodParams, StepLog, make_optimizer
+from mtlbench.harness.method import MethodParams, StepLog, TrainingConfig, make_optimizer
+from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.registry import register_method
+from mtlbench.harness.tasks import TaskSet
 from mtlbench.harness.weighting import LossWeighting
 from torch import Tensor, nn
 
@@ -44,7 +46,13 @@ class UncertaintyWeighting(LossWeighting[UWParams]):
     paper = "Kendall, Gal & Cipolla, CVPR 2018"
     cost = "1 forward + 1 backward"
 
-    def __init__(self, params: UWParams, model, taskset, training):
+    def __init__(
+        self,
+        params: UWParams,
+        model: MultiTaskModel,
+        taskset: TaskSet,
+        training: TrainingConfig,
+    ) -> None:
         super().__init__(params, model, taskset, training)
         device = next(model.parameters()).device  # the trainer builds the model on its device
         self._log_variances = nn.Parameter(

@@ -64,9 +64,12 @@ def write_celeba(root: Path, partition: list[int], seed: int = 0) -> np.ndarray:
     values = rng.choice([-1, 1], size=(len(partition), len(ATTRIBUTES)))
     names = [f"{index + 1:06d}.jpg" for index in range(len(partition))]
     lines = [str(len(names)), " ".join(ATTRIBUTES)]
-    lines += [name + " " + " ".join(f"{v:2d}" for v in row) for name, row in zip(names, values)]
+    lines += [
+        name + " " + " ".join(f"{v:2d}" for v in row)
+        for name, row in zip(names, values, strict=True)
+    ]
     (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
-    split_lines = [f"{name} {code}" for name, code in zip(names, partition)]
+    split_lines = [f"{name} {code}" for name, code in zip(names, partition, strict=True)]
     (folder / "list_eval_partition.txt").write_text("\n".join(split_lines) + "\n")
     for name in names:
         write_jpeg(folder / "img_align_celeba" / name, rng, size=(18, 22))

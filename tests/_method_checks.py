@@ -99,5 +99,7 @@ def check_method_properties(
     again, budget_again, logs_again = train_tiny(name, params, engine)
     assert len(logs_again) == len(logs), f"{name}: step count differs between identical runs"
     assert budget_again.spent_flops == budget.spent_flops
-    for first, second in zip(method.model.state_dict().values(), again.model.state_dict().values()):
+    for first, second in zip(
+        method.model.state_dict().values(), again.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(first, second), f"{name}: parameters differ between identical runs"

@@ -135,11 +135,10 @@ TEST_METHODS = {
 
 
 def register() -> None:
-    METHODS._load()
     for name, cls in TEST_METHODS.items():
         METHODS.register(name)(cls)
 
 
 def unregister() -> None:
     for name in TEST_METHODS:
-        METHODS._entries.pop(name, None)
+        METHODS.unregister(name)

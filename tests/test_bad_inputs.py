@@ -153,6 +153,26 @@ def unreadable(folder: Path, results: Path) -> list[str]:
     return args
 
 
+def raising_plugin(folder: Path, results: Path) -> list[str]:
+    """A suite whose plugin, in the suite's folder, raises when imported (a unique module name:
+    a failed import is not cached, but the folder stays on sys.path)."""
+    name = f"broken_plugin_{folder.name.replace('-', '_')}"
+    (folder / f"{name}.py").write_text("raise RuntimeError('the lab server is down')\n")
+    return suite_file(folder, results, yaml.safe_dump({**VALID, "plugins": [name]}))
+
+
+def colliding_plugin(folder: Path, results: Path) -> list[str]:
+    """A suite whose plugin registers another method under the built-in name ``ew``."""
+    name = f"colliding_plugin_{folder.name.replace('-', '_')}"
+    source = (
+        "from mtlbench.harness.registry import register_method\n"
+        "from mtlbench.methods.ew import EqualWeighting\n\n\n"
+        "@register_method('ew')\nclass Mine(EqualWeighting):\n    pass\n"
+    )
+    (folder / f"{name}.py").write_text(source)
+    return suite_file(folder, results, yaml.safe_dump({**VALID, "plugins": [name]}))
+
+
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -236,7 +256,8 @@ CASES: dict[str, Case] = {
         changed(
             lambda d: d["methods"][0].update(engine="batched", engine_options={"chunksize": 4})
         ),
-        "methods[0].engine_options.chunksize: unknown option of engine 'batched' (known: chunk_size)",
+        "methods[0].engine_options.chunksize: unknown option of engine 'batched' "
+        "(known: chunk_size)",
     ),
     "engine option type": Case(
         changed(
@@ -253,6 +274,16 @@ CASES: dict[str, Case] = {
             lambda d: d["methods"][0].update(engine="ray_sharded", engine_options={"actor": 2})
         ),
         "methods[0].engine_options.actor: unknown option of engine 'ray_sharded' (known: actors,",
+    ),
+    "engine option chunk": Case(
+        changed(lambda d: d["methods"][0].update(engine="batched", engine_options={"chunk": 2})),
+        "methods[0].engine_options.chunk: unknown option of engine 'batched' (known: chunk_size)",
+    ),
+    "engine option range": Case(
+        changed(
+            lambda d: d["methods"][0].update(engine="batched", engine_options={"chunk_size": 0})
+        ),
+        "methods[0].engine_options.chunk_size: Input should be greater than or equal to 1",
     ),
     "deepspeed option value": Case(
         changed(
@@ -315,16 +346,34 @@ CASES: dict[str, Case] = {
     ),
     "training field": Case(setting("training.epochs", 3), "training.epochs: unknown field"),
     "executor kind": Case(
-        setting("executor.kind", "slurm"), "executor.kind: Input should be 'local' or 'ray'"
+        setting("executor.kind", "slurm"),
+        "executor.kind: unknown executor 'slurm' (known: local, ray)",
     ),
     "executor cpus": Case(
         setting("executor.cpus_per_run", 0), "executor.cpus_per_run: Input should be greater than 0"
     ),
     "output field": Case(setting("output.folder", "x"), "output.folder: unknown field"),
+    # plugins
+    "unknown plugin": Case(
+        setting("plugins", ["no_such_plugin_module"]),
+        "plugins[0]: no module named 'no_such_plugin_module' (looked in the suite's folder",
+    ),
+    "plugin not a module name": Case(
+        setting("plugins", ["my-methods.py"]), "plugins[0]: 'my-methods.py' is not a module name"
+    ),
+    "plugin that raises": Case(raising_plugin, "plugins[0]: module 'broken_plugin_"),
+    "plugin taking a built-in's name": Case(
+        colliding_plugin, "failed to import: DuplicateName: method 'ew' is registered twice"
+    ),
+    "plugins not a list": Case(setting("plugins", "mine"), "plugins: Input should be a valid list"),
+    "plugin option": Case(
+        valid_with_options("--plugin", "no_such_plugin_module"),
+        "--plugin: no module named 'no_such_plugin_module'",
+    ),
     # command-line options
     "results dir a file": Case(results_is_a_file, "output.results_dir: cannot write to"),
     "executor option": Case(
-        valid_with_options("--executor", "slurm"), "--executor: expected local or ray"
+        valid_with_options("--executor", "slurm"), "--executor: unknown executor 'slurm'"
     ),
     "report every zero": Case(
         valid_with_options("--report-every", "0"), "--report-every: expected a positive"

@@ -303,7 +303,10 @@ def test_submit_refuses_a_suite_outside_the_working_dir(tmp_path: Path) -> None:
 def test_shipped_code_imports_ahead_of_the_installed_copy(tmp_path: Path) -> None:
     """What ``py_modules`` puts on a worker's path is the ``mtlbench`` that gets imported."""
     package = package_code(tmp_path)
-    probe = "import mtlbench.harness.cli, mtlbench.cluster.sharded, mtlbench.methods.ew as m; print(m.__file__)"
+    probe = (
+        "import mtlbench.harness.cli, mtlbench.cluster.sharded, mtlbench.methods.ew as m; "
+        "print(m.__file__)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=tmp_path,

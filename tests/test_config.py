@@ -109,7 +109,7 @@ def test_shipped_suites_are_valid() -> None:
 def test_registries_list_builtins_and_reject_unknown() -> None:
     assert {"ew", "single_task"} <= set(METHODS.names())
     assert "multidigits" in DATASETS.names()
-    with pytest.raises(KeyError, match="unknown method 'x' \\(known: .*ew"):
+    with pytest.raises(KeyError, match=r"unknown method 'x' \(known: .*ew"):
         METHODS.get("x")
     with pytest.raises(ValueError, match="registered twice"):
         METHODS.register("ew")(object)

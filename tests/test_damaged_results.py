@@ -350,8 +350,17 @@ def test_two_first_runs_at_once_into_a_new_folder(tmp_path: Path) -> None:
     }
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "mtlbench.harness.cli", "run", str(suites[name])]
-            + ["--results-dir", str(results), "--no-progress", "--no-leaderboard"],
+            [
+                sys.executable,
+                "-m",
+                "mtlbench.harness.cli",
+                "run",
+                str(suites[name]),
+                "--results-dir",
+                str(results),
+                "--no-progress",
+                "--no-leaderboard",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -111,7 +111,7 @@ def test_overlay_cache_is_reused_and_rebuilt_when_sources_change(tmp_path) -> No
     stamp = cache.stat().st_mtime_ns
     _, second = load("multimnist", tmp_path, val_fraction=0.25, seed=3)
     assert cache.stat().st_mtime_ns == stamp and not list(cache.parent.glob("*.tmp"))
-    for a, b in zip(first.train.tensors, second.train.tensors):
+    for a, b in zip(first.train.tensors, second.train.tensors, strict=True):
         assert torch.equal(a, b)
     _, other_seed = load("multimnist", tmp_path, val_fraction=0.25, seed=4)
     assert not torch.equal(other_seed.train.tensors[0], first.train.tensors[0])
@@ -219,7 +219,7 @@ def test_celeba_partition_targets_and_missing_images(tmp_path) -> None:
     assert [len(s) for s in (splits.train, splits.val, splits.test)] == [9, 3, 4]
     names = [p.name for p in splits.train.paths]
     assert names[0] == "000001.jpg" and "000002.jpg" not in names
-    expected = torch.from_numpy((values[[0] + list(range(2, 10))] == 1).astype(np.float32))
+    expected = torch.from_numpy((values[[0, *range(2, 10)]] == 1).astype(np.float32))
     assert torch.equal(splits.train.targets, expected)
     image, target = splits.test[0]
     assert image.shape == (3, 16, 16) and target.shape == (40,)
@@ -355,3 +355,81 @@ def test_no_warning_when_files_are_clean(tmp_path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load("utkface", tmp_path, image_size=16)
+
+
+# ---- stand-in batches (scaling studies measure costs on them where files are absent) ---------
+SMALL_MODELS = {"utkface": {"image_size": 16, "width": 4}, "celeba": {"image_size": 16, "width": 4}}
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS.names()))
+def test_stand_in_batch_has_the_input_shape_and_valid_targets(name, monkeypatch) -> None:
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    cls = DATASETS.get(name)
+    params = cls.Params(**SMALL_MODELS.get(name, {}))
+    taskset = cls.taskset(params)
+    inputs, targets = cls.stand_in_batch(params, 5, torch.Generator().manual_seed(0))
+    assert inputs.shape == (5, *cls.input_shape(params)) and targets.shape == (5, len(taskset))
+    for column, task in enumerate(taskset):
+        if task.kind == "classification":  # class indices in range
+            values = targets[:, column]
+            assert torch.equal(values, values.round()) and values.min() >= 0
+            assert values.max() < task.num_outputs
+    again = cls.stand_in_batch(params, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], inputs) and torch.equal(again[1], targets)
+    model = cls(params).build_model().to(inputs.dtype)
+    losses = taskset.per_sample_losses(model(inputs), targets)
+    assert losses.shape == (5, len(taskset)) and torch.isfinite(losses).all()
+
+
+def test_stand_in_shapes_equal_the_loaded_items(tmp_path) -> None:
+    write_idx_dataset(tmp_path / "mnist", train=30, test=10)
+    write_utkface(tmp_path, count=10)
+    write_celeba(tmp_path, [0] * 4 + [1] * 2 + [2] * 2)
+    for name in ("multimnist", "utkface", "celeba"):
+        dataset, splits = load(name, tmp_path, **SMALL_MODELS.get(name, {}))
+        item = splits.train[0][0]
+        assert tuple(item.shape) == type(dataset).input_shape(dataset.params), name
+    digits, digit_splits = load("multidigits", None, train_pairs=4)
+    assert tuple(digit_splits.train[0][0].shape) == type(digits).input_shape(digits.params)
+
+
+def _census_rows_with_every_value(source: str, count: int) -> list[list[str]]:
+    """Rows whose nominal column c takes exactly ``Schema.distinct[c]`` values, as the full
+    published training file does."""
+    from mtlbench.datasets.census import SCHEMAS
+
+    schema = SCHEMAS[source]
+    rows = []
+    for index in range(count):
+        row = []
+        for column in schema.columns:
+            if column in schema.continuous or column in ("instance_weight", "fnlwgt"):
+                row.append(str(17 + (index * 7) % 60))
+            elif column == "income":
+                row.append("50000+." if index % 2 else "- 50000.")
+            else:
+                row.append(f"value{index % schema.distinct[column]}")
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("source", ["kdd", "adult"])
+def test_census_stand_in_width_is_the_loaders_width_on_the_full_files(tmp_path, source) -> None:
+    """The loader's one-hot width on files holding every value of every nominal column equals
+    the width the stand-in states from the column specification (492 on KDD, 89 on Adult)."""
+    from mtlbench.datasets.census import SCHEMAS
+
+    schema = SCHEMAS[source]
+    folder = tmp_path / schema.folder
+    folder.mkdir()
+    rows = _census_rows_with_every_value(source, 120)
+    for name in (schema.train_file, schema.test_file):
+        (folder / name).write_text("\n".join(", ".join(row) for row in rows) + "\n")
+    dataset, splits = load("census", tmp_path, source=source)
+    width = splits.train.tensors[0].shape[1]
+    assert width == DATASETS.get("census").input_shape(dataset.params)[0]
+    assert width == {"kdd": 492, "adult": 89}[source]
+    inputs, _ = DATASETS.get("census").stand_in_batch(dataset.params, 3, torch.Generator())
+    continuous, nominal = input_columns(schema, dataset.params.tasks)
+    one_hot = inputs[:, len(continuous) :]
+    assert torch.equal(one_hot.sum(dim=1), torch.full((3,), float(len(nominal))))

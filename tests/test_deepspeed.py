@@ -26,17 +26,19 @@ STALE_LOCK_SECONDS = 600
 for lock in Path(os.environ["TORCH_EXTENSIONS_DIR"]).glob("*/lock"):
     if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
         lock.unlink(missing_ok=True)
-from mtlbench.cluster.deepspeed_engine import DeepSpeedEngine, prepare_environment
+# The imports below come after the set-up above on purpose: DeepSpeed reads the extensions
+# folder and its accelerator (prepare_environment) when it is imported.
+from mtlbench.cluster.deepspeed_engine import DeepSpeedEngine, prepare_environment  # noqa: E402
 
 prepare_environment(torch.device("cpu"))
 deepspeed = pytest.importorskip("deepspeed")
 
-from _problems import tiny_batches, tiny_model, tiny_taskset
-from mtlbench.harness.budget import Budget
-from mtlbench.harness.config import parse_suite
-from mtlbench.harness.gradients import get_engine
-from mtlbench.harness.suite import expand_suite
-from mtlbench.harness.trainer import train_run
+from _problems import tiny_batches, tiny_model, tiny_taskset  # noqa: E402
+from mtlbench.harness.budget import Budget  # noqa: E402
+from mtlbench.harness.config import parse_suite  # noqa: E402
+from mtlbench.harness.gradients import get_engine  # noqa: E402
+from mtlbench.harness.suite import expand_suite  # noqa: E402
+from mtlbench.harness.trainer import train_run  # noqa: E402
 
 NUM_TASKS = 3
 LR = 1e-2
@@ -85,13 +87,13 @@ def _plain_step(model, optimizer, batch, shared_weights, head_weights, extra_sha
     optimizer.zero_grad(set_to_none=True)
     losses = taskset.losses(model(batch[0]), batch[1])
     heads = model.task_parameters()
-    for p, g in zip(
-        heads, torch.autograd.grad((head_weights * losses).sum(), heads, retain_graph=True)
-    ):
+    head_grads = torch.autograd.grad((head_weights * losses).sum(), heads, retain_graph=True)
+    for p, g in zip(heads, head_grads, strict=True):
         p.grad = g
     shared = model.shared_parameters()
     offset = 0
-    for p, g in zip(shared, torch.autograd.grad((shared_weights * losses).sum(), shared)):
+    shared_grads = torch.autograd.grad((shared_weights * losses).sum(), shared)
+    for p, g in zip(shared, shared_grads, strict=True):
         p.grad = g
         if extra_shared is not None:
             p.grad = p.grad + extra_shared[offset : offset + p.numel()].view_as(p)
@@ -130,7 +132,7 @@ def test_updates_equal_pytorch(stage: int) -> None:
     engine.backward(state, weights, ones)
     optimizer.step()
     _plain_step(reference, reference_optimizer, batches[0], weights, ones)
-    for got, want in zip(_gathered(engine.model), reference.parameters()):
+    for got, want in zip(_gathered(engine.model), reference.parameters(), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
     optimizer.zero_grad()
@@ -142,7 +144,7 @@ def test_updates_equal_pytorch(stage: int) -> None:
     _plain_step(
         reference, reference_optimizer, batches[1], weights, 2 * weights, extra_shared=direction
     )
-    for got, want in zip(_gathered(engine.model), reference.parameters()):
+    for got, want in zip(_gathered(engine.model), reference.parameters(), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -158,7 +160,7 @@ def test_stage_3_weighted_backward_and_refusal() -> None:
         engine.backward(engine.forward(batch), weights)
         optimizer.step()
         _plain_step(reference, reference_optimizer, batch, weights, weights)
-    for got, want in zip(_gathered(engine.model), reference.parameters()):
+    for got, want in zip(_gathered(engine.model), reference.parameters(), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(NotImplementedError, match="stage 3"):
         engine.shared_jacobian(engine.forward(batches[2]))
@@ -166,7 +168,7 @@ def test_stage_3_weighted_backward_and_refusal() -> None:
 
 def test_bad_option_is_one_line() -> None:
     batches = tiny_batches(NUM_TASKS, count=1)
-    with pytest.raises(ValueError, match="engine_options.zero_stage"):
+    with pytest.raises(ValueError, match=r"engine_options\.zero_stage"):
         DeepSpeedEngine(
             tiny_model(NUM_TASKS),
             tiny_taskset(NUM_TASKS),
@@ -259,9 +261,9 @@ def test_methods_train_alike_on_deepspeed_and_batched(name: str) -> None:
         finals["batched"],
         finals["deepspeed"],
     )
-    for got, want in zip(params_d, params_b):
+    for got, want in zip(params_d, params_b, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    for got, want in zip(logs_d, logs_b):
+    for got, want in zip(logs_d, logs_b, strict=True):
         torch.testing.assert_close(got["weights"], want["weights"], rtol=1e-4, atol=1e-6)
     assert flops_d == flops_b
 

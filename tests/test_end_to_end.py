@@ -103,7 +103,7 @@ def test_anytime_evaluations_recorded(finished_suite) -> None:
         assert steps == sorted(steps) and len(points) >= 2
         assert all(s % 10 == 0 for s in steps[:-1]) and steps[-1] == run["steps"]
         fractions = [e["budget_fraction"] for e in points]
-        assert fractions == sorted(fractions) and 0 < fractions[0] and fractions[-1] <= 1
+        assert fractions == sorted(fractions) and fractions[0] > 0 and fractions[-1] <= 1
         final = points[-1]
         assert final["budget_spent"] == run["budget_spent"]
         assert final["budget_fraction"] == pytest.approx(run["budget_spent"] / run["budget_limit"])
@@ -151,10 +151,8 @@ def test_best_val_scoring_records_its_step(tmp_path: Path) -> None:
     result = train_run(spec)
     assert result.status == "completed"
     assert (
-        0 < result.scored_step <= result.steps
-        and result.scored_step % 10 == 0
-        or result.scored_step == result.steps
-    )
+        0 < result.scored_step <= result.steps and result.scored_step % 10 == 0
+    ) or result.scored_step == result.steps
 
 
 def test_bad_input_exits_2_with_one_line_and_keeps_records(finished_suite, tmp_path: Path) -> None:
@@ -197,7 +195,8 @@ def test_info_lists_methods_and_datasets() -> None:
 
 
 def test_delta_m_backfilled_when_baseline_arrives_later(tmp_path: Path) -> None:
-    """A method run recorded before its single-task baseline gets its Δm% once the baseline exists."""
+    """A method run recorded before its single-task baseline gets its Δm% once the baseline
+    exists."""
     from mtlbench.harness.runner import backfill_delta_m, result_rows
     from mtlbench.harness.store import ResultStore
 
@@ -217,7 +216,7 @@ def test_delta_m_backfilled_when_baseline_arrives_later(tmp_path: Path) -> None:
     assert backfill_delta_m(store) == 1
     row = next(r for r in store.rows() if r["method"] == "ew")
     metrics = ew_result.solutions[0].test_metrics
-    expected = 100 * sum(-(m - b) / b for m, b in zip(metrics, baseline_metrics)) / 2
+    expected = 100 * sum(-(m - b) / b for m, b in zip(metrics, baseline_metrics, strict=True)) / 2
     assert row["delta_m_pct"] == pytest.approx(expected)
     assert len(row["delta_m_baseline_runs"]) == 2
     assert backfill_delta_m(store) == 0

@@ -58,7 +58,8 @@ def stacked_problem():
 
 
 def plain_heads_problem():
-    """Heads without ``forward_per_task`` (one Linear reshaped to (B, T, C)): the batched VJP path."""
+    """Heads without ``forward_per_task`` (one Linear reshaped to (B, T, C)): the batched VJP
+    path."""
     torch.manual_seed(2)
     encoder = nn.Sequential(nn.Linear(8, 10), nn.ReLU())
     heads = nn.Sequential(nn.Linear(10, 4 * 3), nn.Unflatten(1, (4, 3)))
@@ -242,7 +243,8 @@ def test_mgda_ends_pareto_stationary_on_an_analytic_problem(method_name: str) ->
 
 
 def test_mgda_and_mgda_ub_weights_coincide_when_dz_dtheta_is_an_isometry() -> None:
-    """With z = θ for every sample, A A^T = B·I: MGDA-UB's weights equal MGDA's (docstring claim)."""
+    """With z = θ for every sample, A A^T = B·I: MGDA-UB's weights equal MGDA's (docstring
+    claim)."""
     centres = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -0.5]])
     taskset = TaskSet([TaskSpec(f"f{t}", "regression", 1, regression_loss="l1") for t in range(3)])
     batch = (torch.zeros(4, 1), torch.zeros(4, 3))
@@ -298,3 +300,44 @@ def test_dropout_heads_use_the_steps_own_forward(engine_name: str) -> None:
         ]
     )
     torch.testing.assert_close(engine.representation_gradients(state), expected)
+
+
+def _keyword_options(engine_class: type) -> dict[str, object] | None:
+    """The constructor's options after (model, taskset, budget, calibration batch) with their
+    defaults; None when it takes them as ``**options`` (validated by its own model)."""
+    import inspect
+
+    parameters = list(inspect.signature(engine_class).parameters.values())[4:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name: p.default for p in parameters}
+
+
+@pytest.mark.parametrize("engine_name", ["loop", "batched", "representation", "ray_sharded"])
+def test_options_model_declares_exactly_the_constructors_options(engine_name: str) -> None:
+    """Each engine's ``options_model`` (what a suite is checked against, and what the engines
+    page lists) has the constructor's keyword options, with the same defaults, each described,
+    and forbids any other; the defaults pass the model's own strict validation."""
+    engine_class = get_engine(engine_name)
+    model = engine_class.options_model
+    constructor = _keyword_options(engine_class)
+    if model is None:  # takes no options, and says so when given one
+        with pytest.raises(TypeError, match=f"engine {engine_name!r} takes no options"):
+            batch = tiny_batches(2, count=1)[0]
+            engine_class(tiny_model(2), tiny_taskset(2), Budget("flops", 1e30), batch, chunk=2)
+        return
+    assert model.model_config.get("extra") == "forbid"
+    assert constructor is not None
+    assert {name: field.default for name, field in model.model_fields.items()} == constructor
+    assert all(field.description for field in model.model_fields.values())
+    model.model_validate(constructor, strict=True)
+
+
+def test_deepspeed_options_model_is_described() -> None:
+    pytest.importorskip("deepspeed")
+    from mtlbench.cluster.deepspeed_engine import DeepSpeedEngine, DeepSpeedOptions
+
+    assert get_engine("deepspeed") is DeepSpeedEngine
+    assert DeepSpeedEngine.options_model is DeepSpeedOptions
+    assert DeepSpeedOptions.model_config.get("extra") == "forbid"
+    assert all(field.description for field in DeepSpeedOptions.model_fields.values())

@@ -60,7 +60,7 @@ def _explicit_weighted_hessian(model, taskset, batch, weights) -> torch.Tensor:
 
     def weighted_loss(flat: torch.Tensor) -> torch.Tensor:
         pieces, offset = {}, 0
-        for name, p in zip(names, params):
+        for name, p in zip(names, params, strict=True):
             pieces[name] = flat[offset : offset + p.numel()].view_as(p)
             offset += p.numel()
         losses = taskset.losses(functional_call(model, pieces, (batch[0],)), batch[1])
@@ -87,7 +87,7 @@ def test_full_jacobian_matches_jacrev_and_is_charged() -> None:
     engine = get_engine("loop")(model, taskset, budget, batch)
     losses, jacobian = full_jacobian(engine, batch)
     names = full_parameter_names(model)
-    primals = {n: p.detach() for n, p in zip(names, full_parameters(model))}
+    primals = {n: p.detach() for n, p in zip(names, full_parameters(model), strict=True)}
     rows = jacrev(lambda p: taskset.losses(functional_call(model, p, (batch[0],)), batch[1]))(
         primals
     )
@@ -227,7 +227,9 @@ def test_preference_grid_and_tangent_codes() -> None:
     assert codes.shape == (6, 3) and {tuple(c) for c in codes.tolist()}.isdisjoint(
         {(1, 1, 1), (0, 0, 0)}
     )
-    for first, second in zip(codes, codes.roll(-1, dims=0)):  # neighbours differ in one bit
+    for first, second in zip(
+        codes, codes.roll(-1, dims=0), strict=True
+    ):  # neighbours differ in one bit
         assert int((first != second).sum()) == 1
     assert torch.equal(tangent_codes(2, 4, torch.Generator()), torch.eye(2, dtype=torch.float64))
     assert tangent_codes(5, 4, torch.Generator().manual_seed(0)).shape == (4, 5)
@@ -399,7 +401,7 @@ def test_state_dict_round_trip_restores_the_front() -> None:
     first, second = list(method.solutions()), list(clone.solutions())
     assert [s.label for s in first] == [s.label for s in second] and len(first) > 1
     with torch.no_grad():
-        for a, b in zip(first, second):
+        for a, b in zip(first, second, strict=True):
             assert torch.equal(a.model(inputs), b.model(inputs))
 
 

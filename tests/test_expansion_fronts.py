@@ -129,7 +129,7 @@ def test_zdt2_default_settings_reach_the_true_hypervolume_for_5_seeds() -> None:
     assert len(early_losses) == 5  # five different starts, not one run five times
 
 
-# ---- 40 tasks, to the end --------------------------------------------------------------------------
+# ---- 40 tasks, to the end ------------------------------------------------------------------------
 def test_pareto_expansion_runs_40_tasks_to_its_end() -> None:
     spec = RunSpec(
         suite="expansion_40",

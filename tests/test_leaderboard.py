@@ -190,7 +190,9 @@ def test_anytime_ranking_at_fractions_of_the_budget(tmp_path) -> None:
     for (method, seed), values in curves.items():
         points = [
             _evaluation(method, seed, step, fraction, value)
-            for step, fraction, value in zip((1, 3, 6, 10), (0.1, 0.3, 0.6, 1.0), values)
+            for step, fraction, value in zip(
+                (1, 3, 6, 10), (0.1, 0.3, 0.6, 1.0), values, strict=True
+            )
         ]
         store.write_evaluations(f"{method}-{seed}", points)
     table = anytime_table(store.evaluation_rows(), "anytime")

@@ -49,7 +49,8 @@ def browser() -> Iterator[webdriver.Chrome]:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
         pytest.skip(
-            f"Chromium not installed ({', '.join(missing)} missing): apt install chromium chromium-driver"
+            f"Chromium not installed ({', '.join(missing)} missing): "
+            "apt install chromium chromium-driver"
         )
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)

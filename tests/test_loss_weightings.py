@@ -142,7 +142,7 @@ def test_dwa_weights_are_softmax_of_epoch_loss_ratios() -> None:
         torch.softmax(torch.tensor([1 / 2, 2 / 2, 2 / 2]) / 2.0, 0),
         torch.softmax(torch.tensor([0.5 / 1, 1 / 2, 2 / 2]) / 2.0, 0),
     ]
-    for losses, weights in zip(epochs, expected):
+    for losses, weights in zip(epochs, expected, strict=True):
         for step_losses in losses:
             torch.testing.assert_close(method.weights(torch.tensor(step_losses)), weights)
 

@@ -255,7 +255,7 @@ def test_resume_continues_identically() -> None:
     resumed.load_state_dict(saved)
     other_engine = unlimited_engine(other_model, taskset, batch)
     again = [resumed.step(batch, other_engine)["weights"] for _ in range(4)]
-    for first, second in zip(continued, again):
+    for first, second in zip(continued, again, strict=True):
         torch.testing.assert_close(first, second)
 
 
@@ -300,5 +300,5 @@ def test_marigold_on_batched_engine_matches_loop_engine() -> None:
     _, _, loop_logs = train_tiny("marigold", engine="loop")
     _, _, batched_logs = train_tiny("marigold", engine="batched")
     assert len(loop_logs) == len(batched_logs)
-    for first, second in zip(loop_logs, batched_logs):
+    for first, second in zip(loop_logs, batched_logs, strict=True):
         torch.testing.assert_close(first["weights"], second["weights"], atol=1e-5, rtol=0)

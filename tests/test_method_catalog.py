@@ -58,7 +58,8 @@ def test_readme_example_weighting_runs_and_computes_its_stated_weights() -> None
     source = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     module = types.ModuleType("readme_unit_norm")
     try:
-        exec(compile(source, "README.md", "exec"), module.__dict__)  # noqa: S102 - the README's own code, run as a user would
+        # the README's own code, run as a user would
+        exec(compile(source, "README.md", "exec"), module.__dict__)
         check_method_properties("unit_norm")
         check_method_properties("unit_norm", engine="batched")
         jacobian = torch.randn(4, 9, dtype=torch.float64)
@@ -66,4 +67,4 @@ def test_readme_example_weighting_runs_and_computes_its_stated_weights() -> None
         expected = torch.tensor([1 / (4 * float(row.norm())) for row in jacobian])
         torch.testing.assert_close(weights, expected.double())
     finally:
-        METHODS._entries.pop("unit_norm", None)
+        METHODS.unregister("unit_norm")

@@ -36,4 +36,4 @@ def test_property_checks_catch_weights_off_the_simplex() -> None:
         with pytest.raises(AssertionError, match="weights sum"):
             check_method_properties("_broken_weights")
     finally:
-        METHODS._entries.pop("_broken_weights")
+        METHODS.unregister("_broken_weights")

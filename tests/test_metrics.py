@@ -16,7 +16,8 @@ def test_hypervolume_2d_by_hand() -> None:
 
 
 def test_hypervolume_3d_by_hand() -> None:
-    # two boxes to (2,2,2): [0,1]^3 corner point (1,1,1) gives 1; (0,0,1.5) adds 2*2*0.5=2, overlap 1*1*0.5
+    # two boxes to (2,2,2): [0,1]^3 corner point (1,1,1) gives 1; (0,0,1.5) adds 2*2*0.5=2,
+    # overlap 1*1*0.5
     points = np.array([[1, 1, 1], [0, 0, 1.5]])
     expected = 1 * 1 * 1 + 2 * 2 * 0.5 - 1 * 1 * 0.5
     assert hypervolume(points, [2, 2, 2]).value == pytest.approx(expected)

@@ -49,7 +49,7 @@ def test_rows_written_before_the_barrier_are_read_by_every_member_after_it() -> 
             process.join(timeout=60)
             assert process.exitcode == 0
         expected = [float(WIDTH * (rank + 1)) for rank in range(MEMBERS)]
-        assert seen == {rank: expected for rank in range(MEMBERS)}
+        assert seen == dict.fromkeys(range(MEMBERS), expected)
     driver.close()
     files = [arena.layout.path, *arena.layout.barrier_paths]
     assert all(os.path.exists(path) for path in files)
@@ -120,7 +120,7 @@ def test_arena_layout_aligns_every_tensor_and_views_have_the_dtypes() -> None:
 def test_too_large_an_arena_names_dev_shm_and_leaves_no_file() -> None:
     free = os.statvfs(SHM_DIR).f_bavail * os.statvfs(SHM_DIR).f_frsize
     before = set(os.listdir(SHM_DIR))
-    with pytest.raises(OSError, match="/dev/shm has .* MiB free"):
+    with pytest.raises(OSError, match=r"/dev/shm has .* MiB free"):
         SharedArena.create({"huge": ((free // 4 + 2**20,), torch.float32)})
     assert set(os.listdir(SHM_DIR)) <= before
 

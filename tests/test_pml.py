@@ -84,7 +84,7 @@ def test_vertex_equals_member_exactly(heads: str) -> None:
         with torch.no_grad():
             got, want = ensemble(inputs), member(inputs)
         if isinstance(got, list):
-            assert all(torch.equal(g, w) for g, w in zip(got, want))
+            assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
         else:
             assert torch.equal(got, want)
     # members really differ (independent initialisations)
@@ -168,7 +168,7 @@ def test_batchnorm_recalibration_matches_batch_statistics() -> None:
         torch.testing.assert_close(view(batches[0][0]), plain(batches[0][0]), rtol=1e-5, atol=1e-5)
 
 
-# ---- the method ------------------------------------------------------------------------------------
+# ---- the method ----------------------------------------------------------------------------------
 def make_pml(
     params: dict, model: MultiTaskModel | None = None, taskset: TaskSet | None = None, lr=1e-2
 ):
@@ -229,7 +229,7 @@ def test_engine_gradient_equals_direct_autograd(inner: str, ordering: str) -> No
     got = [p.grad.clone() for p in method.model.parameters()]
     objective = direct_objective(method, taskset, batch, alphas, inner, 0.05, ordering)
     want = torch.autograd.grad(objective, list(method.model.parameters()))
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
 
 
@@ -345,7 +345,7 @@ def test_shared_property_checks(params: dict, engine: str) -> None:
     check_method_properties("pml", params, engine=engine)
 
 
-# ---- the analytic two-objective problem -----------------------------------------------------------
+# ---- the analytic two-objective problem ----------------------------------------------------------
 class TaskBiases(nn.Module):
     """Heads adding one learned bias per task to a scalar representation: (B, 1) -> (B, 2, 1)."""
 
@@ -410,7 +410,8 @@ def test_front_on_two_quadratics_is_non_dominated_and_spread() -> None:
     print(
         f"\nPML analytic front: HV ratio {hv_ratio:.4f}, IGD+/D {igd_plus:.4f} "
         f"(exact points at the same α: {igd_plus_exact:.4f}), "
-        f"share range [{share.min():.3f}, {share.max():.3f}], largest gap {gaps.max():.3f} (exact 0.1)"
+        f"share range [{share.min():.3f}, {share.max():.3f}], "
+        f"largest gap {gaps.max():.3f} (exact 0.1)"
     )
     assert hv_ratio > 0.99
     assert igd_plus < igd_plus_exact + 0.005
@@ -418,7 +419,7 @@ def test_front_on_two_quadratics_is_non_dominated_and_spread() -> None:
     assert gaps.max() < 0.13
 
 
-# ---- through the trainer ----------------------------------------------------------------------------
+# ---- through the trainer -------------------------------------------------------------------------
 def test_trainer_runs_pml_with_best_val_scoring() -> None:
     from mtlbench.harness.config import parse_suite
     from mtlbench.harness.suite import expand_suite

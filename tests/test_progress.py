@@ -82,7 +82,10 @@ def test_ctrl_c_kills_open_runs_says_how_to_continue_and_exits_130(tmp_path: Pat
     suite_file = tmp_path / "interrupt.yaml"
     suite_file.write_text(yaml.safe_dump(data))
     results = tmp_path / "results"
-    cli = "import _test_methods; _test_methods.register(); from mtlbench.harness.cli import main; main()"
+    cli = (
+        "import _test_methods; _test_methods.register(); "
+        "from mtlbench.harness.cli import main; main()"
+    )
     command = [sys.executable, "-c", cli, "run", str(suite_file), "--results-dir", str(results)]
     command += ["--no-progress", "--no-leaderboard"]
     env = {**os.environ, "PYTHONPATH": str(TESTS)}

@@ -1,8 +1,8 @@
 """Executor ``ray``: runs as Ray tasks, records written by the driver alone, failures recorded.
 
-One local Ray (``start_local(num_cpus=2)``, loopback only) for the module, shut down at its end; its workers import
-``tests/_test_methods.py`` at start-up (a ``worker_process_setup_hook``) so they know the
-test-only methods that raise, diverge or kill their worker.
+One local Ray (``start_local(num_cpus=2)``, loopback only) for the module, shut down at its end;
+its workers import ``tests/_test_methods.py`` at start-up (a ``worker_process_setup_hook``) so
+they know the test-only methods that raise, diverge or kill their worker.
 """
 
 from __future__ import annotations
@@ -153,7 +153,10 @@ def test_driver_killed_mid_suite_rerun_completes_only_missing(ray_address, tmp_p
     suite_file.write_text(yaml.safe_dump(data))
     results = tmp_path / "results"
     # the CLI, in a process that first registers the test-only methods
-    cli = "import _test_methods; _test_methods.register(); from mtlbench.harness.cli import main; main()"
+    cli = (
+        "import _test_methods; _test_methods.register(); "
+        "from mtlbench.harness.cli import main; main()"
+    )
     command = [
         sys.executable,
         "-c",

@@ -1,17 +1,21 @@
-"""Engine ``ray_sharded``: equal to the ``loop`` engine, honest budget and bytes, survives a killed actor.
+"""Engine ``ray_sharded``: equal to the ``loop`` engine, honest budget and bytes, survives a
+killed actor, on every transport (shared memory, object store, collectives over gloo).
 
 The actors compute their rows with the ``batched`` engine's VJPs: one per-task heads pass when the
 heads have ``forward_per_task`` (LeNet, the stacked MLP heads), batched heads VJPs when dropout in
 the heads forbids a rerun; both are checked against ``loop`` and charged as made.
 
-Two actors on a local Ray (``start_local(num_cpus=2)``, loopback only) that this module starts and shuts down.
+Two actors on a local Ray (``start_local(num_cpus=2)``, loopback only) that this module starts
+and shuts down.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
+import signal
 
 import _test_methods
 import numpy as np
@@ -22,6 +26,7 @@ import torch
 from _problems import tiny_batches, tiny_model, tiny_taskset
 from mlflow.tracking import MlflowClient
 from mtlbench.cluster._ray_setup import start_local
+from mtlbench.cluster.collective import expected_collective_bytes
 from mtlbench.cluster.node_shared import SHM_DIR
 from mtlbench.datasets._models import multi_lenet
 from mtlbench.harness.budget import Budget
@@ -30,6 +35,7 @@ from mtlbench.harness.gradients import get_engine
 from mtlbench.harness.model import MultiTaskModel, SeparateHeads, StackedMLPHeads
 from mtlbench.harness.runner import run_suite
 from mtlbench.harness.tasks import TaskSet, TaskSpec
+from mtlbench.methods.imtl_g import impartial_weights
 from mtlbench.methods.min_norm import min_norm_weights
 from torch import nn
 
@@ -43,8 +49,16 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def release_dropped_engines():
+    """After each test, collect engines a test dropped without ``close`` (e.g. in ``train_tiny``)
+    so their actors give their CPUs back before the next test places its own."""
+    yield
+    gc.collect()
+
+
 def lenet_problem(batch_size: int = 16, count: int = STEPS):
-    """LeNet (with Dropout2d: replicas must replay the driver's RNG) on random 20×20 inputs, T = 2."""
+    """LeNet (with Dropout2d: replicas must replay the driver's RNG), random 20×20 inputs, T = 2."""
     taskset = TaskSet(
         [TaskSpec("left", "classification", 10), TaskSpec("right", "classification", 10)]
     )
@@ -433,10 +447,10 @@ def test_prefetch_dropped_when_not_asked_is_not_charged_and_batchnorm_replays(tr
         )
         for prefetch in (True, False)
     }
-    for grams, model, engine in runs.values():
+    for grams, model, _engine in runs.values():
         assert_close_lists(reference, grams)
         for expected, got in zip(
-            reference_model.state_dict().values(), model.state_dict().values()
+            reference_model.state_dict().values(), model.state_dict().values(), strict=True
         ):
             assert torch.allclose(expected.float(), got.float(), atol=1e-5, rtol=1e-5)
     with_prefetch, without = runs[True][2], runs[False][2]
@@ -578,11 +592,11 @@ def test_auto_transport_without_room_in_shared_memory_says_why_and_stays_exact(
 def test_transport_option_errors_name_the_field() -> None:
     build, taskset, batches = lenet_problem(count=1)
     engine = get_engine("ray_sharded")
-    with pytest.raises(ValueError, match="engine_options.transport: expected one of"):
+    with pytest.raises(ValueError, match=r"engine_options\.transport: expected one of"):
         engine(build(), taskset, Budget("flops", 1e18), batches[0], transport="tcp")
-    with pytest.raises(ValueError, match="engine_options.driver_share: expected true, false"):
+    with pytest.raises(ValueError, match=r"engine_options\.driver_share: expected true, false"):
         engine(build(), taskset, Budget("flops", 1e18), batches[0], driver_share="yes")
-    with pytest.raises(ValueError, match="engine_options.transport: shared_memory holds CPU"):
+    with pytest.raises(ValueError, match=r"engine_options\.transport: shared_memory holds CPU"):
         engine(
             build(),
             taskset,
@@ -607,3 +621,108 @@ def test_registered_mgda_methods_on_ray_sharded_match_loop(name: str) -> None:
     for ref, got in zip(reference[:steps], sharded[:steps], strict=True):
         assert torch.allclose(ref["weights"], got["weights"], atol=1e-5)
         assert torch.allclose(ref["task_losses"], got["task_losses"], atol=1e-5)
+
+
+# ---- transport: collective (torch.distributed among the workers; gloo on the CPU) -------------
+def gram_weighting_steps(weighting, engine_name: str, taskset, batches, kill=None, **options):
+    """A Gram weighting's steps through the engine API: Gram → weights → Σ aₜgₜ → update, T =
+    len(taskset) on ``tiny_model``. ``kill``: {step: "before_gram" | "before_combination"}, when
+    to SIGKILL the engine's last actor (by PID). Returns (grams, directions, model, engine)."""
+    model = tiny_model(len(taskset), seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    engine = get_engine(engine_name)(model, taskset, Budget("flops", 1e18), batches[0], **options)
+    grams, directions = [], []
+    for step, batch in enumerate(batches):
+        optimizer.zero_grad(set_to_none=True)
+        state = engine.forward(batch)
+        if (kill or {}).get(step) == "before_gram":
+            os.kill(engine.actor_pids()[-1], signal.SIGKILL)
+        grams.append(engine.shared_gram(state))
+        weights = weighting(grams[-1])
+        if (kill or {}).get(step) == "before_combination":
+            os.kill(engine.actor_pids()[-1], signal.SIGKILL)
+        directions.append(engine.shared_combination(state, weights))
+        engine.apply_shared_direction(state, directions[-1], torch.ones_like(weights))
+        optimizer.step()
+    return grams, directions, model, engine
+
+
+def imtl_g_weights(gram: torch.Tensor) -> torch.Tensor:
+    """IMTL-G's weights as the registered method forms them (float64, symmetrized)."""
+    gram64 = gram.double()
+    weights = impartial_weights((gram64 + gram64.T) / 2, torch.finfo(gram.dtype).eps)
+    return weights.to(gram.dtype)
+
+
+GRAM_WEIGHTINGS = {"mgda": min_norm_weights, "imtl_g": imtl_g_weights}
+
+
+@pytest.mark.parametrize(
+    ("weighting", "driver_share"), [("mgda", True), ("imtl_g", False)], ids=["mgda", "imtl_g"]
+)
+def test_collective_equal_to_loop_and_bytes_per_rank_as_the_formulas(weighting, driver_share):
+    """T = 5 over 2 actors and, with the driver's share, the driver (2 + 2 + 1 tasks; else the
+    driver is group rank 0 with no task and no column), 4 steps of a Gram weighting: Grams,
+    directions and parameters equal the loop engine's to 1e-5; the bytes each rank counted as
+    sent equal ``expected_collective_bytes`` (the docs page's formulas) times the steps."""
+    taskset, batches = tiny_taskset(5), tiny_batches(5, count=STEPS)
+    weights_of = GRAM_WEIGHTINGS[weighting]
+    *reference, reference_model, loop = gram_weighting_steps(weights_of, "loop", taskset, batches)
+    options = {"actors": 2, "transport": "collective", "driver_share": driver_share}
+    *sharded, model, engine = gram_weighting_steps(
+        weights_of, "ray_sharded", taskset, batches, **options
+    )
+    report = engine.report()
+    assert (report["transport"], report["transport_reason"]) == ("collective", "requested")
+    for expected, got in zip(reference, sharded, strict=True):
+        assert_close_lists(expected, got)
+    for p_ref, p_sharded in zip(reference_model.parameters(), model.parameters(), strict=True):
+        assert torch.allclose(p_ref, p_sharded, atol=1e-5, rtol=1e-5)
+    assert (engine.stats.prefetched, engine.stats.prefetch_dropped) == (STEPS - 1, 0)
+    # charged as on the other transports: a replayed encoder forward per actor, one per-task
+    # heads pass per worker (the stacked heads have ``forward_per_task``), the rest as loop
+    workers = 2 + driver_share
+    passes = {"encoder_forward": 3, "heads_forward": 1 + workers, "heads_backward_input": workers}
+    assert_charged_passes(engine, loop, passes, STEPS, 32)
+    # the group's layout, from the engine's shards: the driver is rank 0 in either case
+    counts = [len(shard) for shard in engine.task_shards]
+    bounds = list(engine.column_bounds)
+    if not driver_share:
+        counts, bounds = [0, *counts], [0, *bounds]
+    assert counts == ([2, 2, 1] if driver_share else [0, 3, 2])
+    per_exchange = expected_collective_bytes(5, engine.num_shared, counts, bounds, 4)
+    expected = [
+        {kind: STEPS * nbytes for kind, nbytes in rank.items() if nbytes} for rank in per_exchange
+    ]
+    assert engine.collective_bytes_sent == expected
+    engine.close()
+
+
+def test_collective_actor_killed_reforms_the_group_and_keeps_the_numbers() -> None:
+    """SIGKILL an actor (by PID) once while its prefetched rows are computed, before the Gram,
+    and once between the Gram and Σ aₜgₜ: each time the run goes on with a replacement in a new
+    generation of the group, with the loop engine's numbers."""
+    taskset, batches = tiny_taskset(4), tiny_batches(4, count=STEPS)
+    weights_of = GRAM_WEIGHTINGS["mgda"]
+    *reference, _, _ = gram_weighting_steps(weights_of, "loop", taskset, batches)
+    kill = {1: "before_gram", 2: "before_combination"}
+    options = {"actors": 2, "transport": "collective"}
+    *sharded, _, engine = gram_weighting_steps(
+        weights_of, "ray_sharded", taskset, batches, kill=kill, **options
+    )
+    for expected, got in zip(reference, sharded, strict=True):
+        assert_close_lists(expected, got)
+    assert engine.stats.restarts == 2
+    assert engine._group_host.generation == 2  # formed, then re-formed after each death
+    engine.close()
+
+
+def test_options_model_takes_collective_and_names_an_unknown_option() -> None:
+    from mtlbench.cluster.sharded import RayShardedEngine, RayShardedOptions
+
+    assert RayShardedEngine.options_model is RayShardedOptions
+    assert RayShardedOptions.model_validate({"transport": "collective"}).transport == "collective"
+    with pytest.raises(ValueError, match="chunk"):
+        RayShardedOptions.model_validate({"chunk": 2})
+    with pytest.raises(ValueError, match="driver_share"):
+        RayShardedOptions.model_validate({"driver_share": "yes"})

@@ -155,7 +155,9 @@ def test_small_study_end_to_end(tmp_path: Path) -> None:
         for r in measured
         if r["axis"] == "shared_parameters" and r["method_label"] == "ew"
     )
-    assert 0.8 < fit_power_law(*zip(*sizes)).slope < 1.05  # FLOPs grow about linearly in P
+    assert (
+        0.8 < fit_power_law(*zip(*sizes, strict=True)).slope < 1.05
+    )  # FLOPs grow about linearly in P
 
     client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny-scaling")

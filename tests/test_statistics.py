@@ -1,17 +1,13 @@
-"""harness/statistics.py against independent oracles: scipy's own functions called directly,
-hand-computed ranks and Friedman statistics, and Demšar's (2006) table of critical values."""
+"""harness/statistics.py and harness/ranks.py against independent oracles: scipy's own
+functions called directly, hand-computed ranks and Friedman statistics, and Demšar's (2006)
+table of critical values."""
 
 import math
 
 import numpy as np
 import pytest
-from mtlbench.harness.statistics import (
-    anytime_value,
-    average_ranks,
-    mean_ci,
-    paired_comparison,
-    rank_at_fractions,
-)
+from mtlbench.harness.ranks import anytime_value, average_ranks, rank_at_fractions
+from mtlbench.harness.statistics import mean_ci, paired_comparison
 from scipy import stats
 
 # --- mean_ci -------------------------------------------------------------------------------
@@ -171,7 +167,8 @@ def test_friedman_statistic_by_hand_on_mixed_ranks() -> None:
     # χ²_F = 12·5/(4·5) · (1.4² + 1.8² + 3.2² + 3.6² − 4·25/4) = 3 · (28.4 − 25) = 10.2
     ranks_by_row = [(1, 2, 3, 4), (2, 1, 4, 3), (1, 3, 2, 4), (1, 2, 4, 3), (2, 1, 3, 4)]
     table = {
-        f"d{i}": {m: 10.0 - r for m, r in zip("wxyz", row)} for i, row in enumerate(ranks_by_row)
+        f"d{i}": {m: 10.0 - r for m, r in zip("wxyz", row, strict=True)}
+        for i, row in enumerate(ranks_by_row)
     }
     ranked = average_ranks(table, higher_is_better=True)
     assert ranked.average_rank == pytest.approx({"w": 1.4, "x": 1.8, "y": 3.2, "z": 3.6})

@@ -209,7 +209,8 @@ def test_each_run_gets_its_state_and_numbers(folder) -> None:
     assert (by_seed[2]["step"], by_seed[2]["estimated_steps"]) == (40, 100)
     assert by_seed[2]["budget_spent_fraction"] == pytest.approx(0.4)
     assert by_seed[2]["detail"] == (
-        "at step 40 of about 100, 40% of the flops budget spent (checkpoint 2026-12-07 03:00:00 UTC)"
+        "at step 40 of about 100, 40% of the flops budget spent "
+        "(checkpoint 2026-12-07 03:00:00 UTC)"
     )
 
     assert by_seed[3]["error"] == "RuntimeError: CUDA out of memory on [red]cuda:0[/]"

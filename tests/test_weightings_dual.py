@@ -82,7 +82,7 @@ def test_dual_cone_qp_matches_cvxpy() -> None:
         ours = dual_cone_weights(gram, bounds, norm_eps=0.0, reg_eps=1e-4)
         regularised = gram.numpy() / float(gram.trace()) + 1e-4 * np.eye(num_tasks)
         root = np.linalg.cholesky(regularised)
-        for bound, solution in zip(bounds, ours):
+        for bound, solution in zip(bounds, ours, strict=True):
             v = cp.Variable(num_tasks)
             problem = cp.Problem(cp.Minimize(cp.sum_squares(root.T @ v)), [v >= bound])
             problem.solve(**_clarabel(1e-12))

@@ -358,9 +358,12 @@ def test_state_survives_a_checkpoint(name: str) -> None:
     resumed, fresh = make_weighting(name, 6), make_weighting(name, 6)
     buffer.seek(0)
     resumed.load_state_dict(torch.load(buffer))
-    for gram, weights in zip(grams[3:], expected):
+    for gram, weights in zip(grams[3:], expected, strict=True):
         assert torch.equal(resumed.weights(gram, losses), weights)
-    assert any(not torch.equal(fresh.weights(g, losses), w) for g, w in zip(grams[3:], expected))
+    assert any(
+        not torch.equal(fresh.weights(g, losses), w)
+        for g, w in zip(grams[3:], expected, strict=True)
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
