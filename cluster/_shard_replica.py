@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 import torch
-from mtlbench.harness.gradients import BatchedEngine, StepState, _stochastic_or_stateful
+from mtlbench.harness.gradients import BatchedEngine, StepState, stochastic_or_stateful
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet
 from torch import Tensor
@@ -51,7 +51,7 @@ def as_tensor(array: np.ndarray, device: torch.device) -> Tensor:
 def per_task_heads(model: MultiTaskModel) -> bool:
     """Whether the ``batched`` engine gets all T z-gradients from one heads pass on ``model``."""
     per_task = getattr(model.heads, "forward_per_task", None)
-    return per_task is not None and not _stochastic_or_stateful(model.heads)
+    return per_task is not None and not stochastic_or_stateful(model.heads)
 
 
 def block_gram(pieces: list[Tensor]) -> Tensor:

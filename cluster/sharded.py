@@ -48,7 +48,7 @@ from mtlbench.cluster._shard_records import (
 from mtlbench.cluster._shard_replica import per_task_heads, rng_state
 from mtlbench.cluster.node_shared import NodeBarrier, SharedArena
 from mtlbench.harness.budget import Budget
-from mtlbench.harness.gradients import Batch, StepState, register_engine
+from mtlbench.harness.gradients import Batch, StepState
 from mtlbench.harness.model import MultiTaskModel
 from mtlbench.harness.tasks import TaskSet
 from pydantic import BaseModel
@@ -206,6 +206,3 @@ class _HeadsRngHook:
 
 def _no_engine() -> None:
     return None
-
-
-register_engine(RayShardedEngine.name, RayShardedEngine)

@@ -51,7 +51,6 @@ __all__ = [
     "GradientEngine",
     "RepresentationEngine",
     "StepState",
-    "_stochastic_or_stateful",
     "accumulate_flat",
     "accumulate_grads",
     "engine_names",
@@ -63,7 +62,6 @@ __all__ = [
 
 # (model, taskset, budget, calibration batch, **engine_options) -> engine
 EngineFactory = Callable[..., GradientEngine]
-_stochastic_or_stateful = stochastic_or_stateful  # the name cluster/shard_actors.py imports
 
 
 def register_engine(name: str, factory: EngineFactory) -> None:
