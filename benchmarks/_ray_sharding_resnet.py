@@ -27,12 +27,12 @@ import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable
 from functools import partial
 from itertools import pairwise
 
 import ray
 import torch
+from _timing import median_seconds
 from mtlbench.cluster.collective import (
     CollectiveMember,
     GroupAddress,
@@ -203,19 +203,6 @@ def mgda_step(engine: GradientEngine, optimizer: torch.optim.Optimizer, batch: B
     return gram
 
 
-def median_step_seconds(step: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """One warm-up call, then the median of ``repeats`` timed calls (CUDA synchronised)."""
-    step()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def engine_rows(args: argparse.Namespace, transports: list[str]) -> dict[str, float]:
     """Median step seconds: EW (plain torch), ``batched`` MGDA in one process, and ``ray_sharded``
     MGDA with each transport (driver + 1 actor), each on a fresh copy of the same model."""
@@ -230,7 +217,7 @@ def engine_rows(args: argparse.Namespace, transports: list[str]) -> dict[str, fl
         task_losses(model, batch).sum().backward()
         optimizer.step()
 
-    seconds = {"EW (forward, backward, SGD)": median_step_seconds(ew_step, args.repeats, device)}
+    seconds = {"EW (forward, backward, SGD)": median_seconds(ew_step, args.repeats, device)}
     configs: list[tuple[str, str, dict[str, object]]] = [
         ("MGDA batched, one process", "batched", {"chunk_size": 1})
     ]
@@ -246,7 +233,7 @@ def engine_rows(args: argparse.Namespace, transports: list[str]) -> dict[str, fl
         try:
             engine = get_engine(name)(model, taskset, Budget("flops", 1e30), batch, **options)
             step = partial(mgda_step, engine, optimizer, batch)
-            seconds[label] = median_step_seconds(step, args.repeats, device)
+            seconds[label] = median_seconds(step, args.repeats, device)
         except Exception as error:  # a transport this machine cannot run: say so, go on
             print(f"  {label}: failed ({type(error).__name__}: {str(error)[:200]})")
         finally:

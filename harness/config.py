@@ -20,7 +20,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from mtlbench.harness.method import TrainingConfig
 from mtlbench.harness.plugins import PluginError, import_plugins
-from mtlbench.harness.registry import DATASETS, ENGINES, EXECUTORS, LOOKUP_ERRORS, METHODS
+from mtlbench.harness.registry import (
+    DATASETS,
+    ENGINES,
+    EXECUTORS,
+    LOOKUP_ERRORS,
+    METHODS,
+    Registry,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # ``np.random.seed`` (called by the trainer's ``seed_everything``) accepts 0 <= seed < 2**32; the
@@ -182,27 +189,29 @@ def parse_suite(
     return suite
 
 
-def _checked_dataset(entry: DatasetEntry, field: str) -> Any:
-    """The task set of a dataset entry whose name and parameters are valid (ConfigError else)."""
+def registered_with_params(registry: Registry, name: str, params: Any, field: str) -> Any:
+    """``(registered class, its validated Params)`` for an entry naming ``name`` with
+    ``params``; ConfigError "``field``.name: ..." for a name that is unknown or whose module does
+    not import, "``field``.params.<key>: ..." for parameters its ``Params`` refuses. Shared by
+    suites and scaling studies, so both report the same line for the same mistake."""
     try:
-        dataset_cls = DATASETS.get(entry.name)
-        dataset_params = dataset_cls.Params.model_validate(entry.params)
+        registered = registry.get(name)
+        return registered, registered.Params.model_validate(params)
     except LOOKUP_ERRORS as error:
         raise ConfigError(f"{field}.name: {error}") from None
     except ValidationError as error:
         raise ConfigError(_first_error(error, field + ".params")) from None
+
+
+def _checked_dataset(entry: DatasetEntry, field: str) -> Any:
+    """The task set of a dataset entry whose name and parameters are valid (ConfigError else)."""
+    dataset_cls, dataset_params = registered_with_params(DATASETS, entry.name, entry.params, field)
     return dataset_cls.taskset(dataset_params)
 
 
 def _check_method(entry: MethodEntry, field: str, tasksets: list[Any]) -> None:
     """A method entry's name, parameters (also against each task set), engine and options."""
-    try:
-        method_cls = METHODS.get(entry.name)
-        method_params = method_cls.Params.model_validate(entry.params)
-    except LOOKUP_ERRORS as error:
-        raise ConfigError(f"{field}.name: {error}") from None
-    except ValidationError as error:
-        raise ConfigError(_first_error(error, field + ".params")) from None
+    method_cls, method_params = registered_with_params(METHODS, entry.name, entry.params, field)
     engine = entry.engine or method_cls.default_engine
     if engine not in ENGINES:
         known = ", ".join(ENGINES.names())

@@ -19,9 +19,10 @@ from mtlbench.harness.config import (
     _first_error,
     _Strict,
     read_yaml,
+    registered_with_params,
 )
 from mtlbench.harness.method import TrainingConfig
-from mtlbench.harness.registry import DATASETS, METHODS, UnknownName
+from mtlbench.harness.registry import DATASETS, LOOKUP_ERRORS, METHODS
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 AxisName = Literal["shared_parameters", "tasks", "workers", "datasets"]
@@ -158,13 +159,7 @@ def _check_methods(study: ScalingStudy, source: str) -> None:
     labels: set[str] = set()
     for index, entry in enumerate(study.method_entries()):
         field = f"methods[{index}]"
-        try:
-            method_cls = METHODS.get(entry.name)
-            method_cls.Params.model_validate(entry.params)
-        except UnknownName as error:
-            raise ConfigError(f"{source}: {field}.name: {error}") from None
-        except ValidationError as error:
-            raise ConfigError(f"{source}: {_first_error(error, field + '.params')}") from None
+        registered_with_params(METHODS, entry.name, entry.params, f"{source}: {field}")
         label = entry.label or entry.name
         if label in labels:
             raise ConfigError(f"{source}: {field}.label: {label!r} is used twice; give a label")
@@ -176,7 +171,7 @@ def _check_datasets(study: ScalingStudy, source: str) -> None:
     for index, name in enumerate(study.axes.datasets or []):
         try:
             DATASETS.get(name)
-        except UnknownName as error:
+        except LOOKUP_ERRORS as error:
             raise ConfigError(f"{source}: axes.datasets[{index}]: {error}") from None
     for name, params in study.dataset_params.items():
         field = f"dataset_params.{name}"
@@ -184,7 +179,7 @@ def _check_datasets(study: ScalingStudy, source: str) -> None:
             raise ConfigError(f"{source}: {field}: set the synthetic problem under 'problem'")
         try:
             dataset_cls = DATASETS.get(name)
-        except UnknownName as error:
+        except LOOKUP_ERRORS as error:
             raise ConfigError(f"{source}: {field}: {error}") from None
         try:
             dataset_cls.Params.model_validate(params)
